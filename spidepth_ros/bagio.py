@@ -1,0 +1,208 @@
+"""rosbag2 reading and writing with ``rosbags`` (no ROS install needed; sqlite3 and mcap).
+
+Reading yields camera frames in header-stamp order with their CameraInfo; writing is used by the synthetic
+generator and the tests. Errors name the bag, the topic and what exists instead.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .encodings import decode_color_image, decode_compressed, depth_to_metres, image_to_array
+from .geometry import PinholeIntrinsics
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+
+
+class BagError(ValueError):
+    """A bag cannot be used; the message says which bag/topic and what to do."""
+
+
+def _typestore():
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_HUMBLE)
+
+
+def stamp_to_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+@dataclass
+class CameraCalibration:
+    """What the training and evaluation code needs from a CameraInfo."""
+
+    intrinsics: PinholeIntrinsics     # from P (rectified) when P is set, else K
+    k: np.ndarray                     # 3x3 raw K
+    d: np.ndarray                     # distortion coefficients
+    distortion_model: str
+
+    @property
+    def distorted(self) -> bool:
+        return bool(self.d.size and np.any(np.abs(self.d) > 1e-12))
+
+    @classmethod
+    def from_msg(cls, msg) -> "CameraCalibration":
+        p = np.asarray(msg.p, dtype=np.float64)
+        k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+        source = p if p.size == 12 and p[0] > 0 else k.ravel()
+        intr = PinholeIntrinsics.from_projection(source, int(msg.width), int(msg.height))
+        return cls(intr, k, np.asarray(msg.d, dtype=np.float64), str(msg.distortion_model))
+
+
+@contextmanager
+def open_reader(paths: Sequence[Path]):
+    """Context manager: an open ``AnyReader`` over one or many bags, with errors naming the bad path."""
+    from rosbags.highlevel import AnyReader
+
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.exists():
+            raise BagError(f"bag {p} does not exist")
+        if p.is_dir() and not (p / "metadata.yaml").exists():
+            raise BagError(f"{p} has no metadata.yaml: not a rosbag2 folder (record with `ros2 bag record`)")
+    try:
+        reader = AnyReader(paths, default_typestore=_typestore())
+        reader.open()
+    except Exception as exc:  # rosbags raises several unrelated types for corrupt input
+        raise BagError(f"cannot open bag(s) {[str(p) for p in paths]}: {type(exc).__name__}: {exc}") from exc
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _connections(reader, topic: str, types: Sequence[str]):
+    conns = [c for c in reader.connections if c.topic == topic]
+    if not conns:
+        available = sorted({f"{c.topic} [{c.msgtype}]" for c in reader.connections})
+        raise BagError(f"topic {topic!r} is not in the bag; it has: {available}")
+    bad = [c.msgtype for c in conns if c.msgtype not in types]
+    if bad:
+        raise BagError(f"topic {topic!r} has type {bad[0]}, expected one of {list(types)}")
+    return conns
+
+
+def decode_image_msg(msg, msgtype: str) -> np.ndarray:
+    """Image or CompressedImage -> ``[H, W, 3]`` uint8 RGB."""
+    if msgtype.endswith("CompressedImage"):
+        return decode_compressed(msg.format, msg.data)
+    return decode_color_image(msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step, msg.data)
+
+
+def decode_depth_msg(msg) -> np.ndarray:
+    """32FC1 / 16UC1 Image -> ``[H, W]`` float32 metres, NaN invalid."""
+    arr = image_to_array(msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step, msg.data)
+    return depth_to_metres(arr, msg.encoding)
+
+
+def read_camera_info(paths: Sequence[Path], topic: str) -> Optional[CameraCalibration]:
+    """The first CameraInfo on ``topic`` (None if the topic is absent)."""
+    with open_reader(paths) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            return None
+        for conn, _, raw in reader.messages(connections=conns):
+            return CameraCalibration.from_msg(reader.deserialize(raw, conn.msgtype))
+    return None
+
+
+def iter_images(paths: Sequence[Path], topic: str, depth: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """``(header stamp ns, array)`` for every message on ``topic``, in recording order.
+
+    Colour topics give ``[H, W, 3]`` uint8 RGB; with ``depth=True``, ``[H, W]`` float32 metres.
+    """
+    with open_reader(paths) as reader:
+        conns = _connections(reader, topic, ("sensor_msgs/msg/Image",) if depth else IMAGE_TYPES)
+        for conn, _, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            arr = decode_depth_msg(msg) if depth else decode_image_msg(msg, conn.msgtype)
+            yield stamp_to_ns(msg.header.stamp), arr
+
+
+def count_messages(paths: Sequence[Path], topic: str) -> int:
+    with open_reader(paths) as reader:
+        return sum(c.msgcount for c in reader.connections if c.topic == topic)
+
+
+class BagWriter:
+    """Minimal rosbag2 writer for camera streams (``storage``: ``mcap`` or ``sqlite3``)."""
+
+    def __init__(self, path: Path, storage: str = "mcap") -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+        if storage not in plugins:
+            raise ValueError(f"storage must be one of {sorted(plugins)}")
+        self.path = Path(path)
+        self.typestore = _typestore()
+        self._writer = Writer(self.path, version=9, storage_plugin=plugins[storage])
+        self._conns: dict[str, object] = {}
+
+    def __enter__(self) -> "BagWriter":
+        self._writer.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._writer.close()
+
+    def _conn(self, topic: str, msgtype: str):
+        if topic not in self._conns:
+            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
+        return self._conns[topic]
+
+    def write(self, topic: str, msg, stamp_ns: int) -> None:
+        msgtype = msg.__msgtype__
+        self._writer.write(self._conn(topic, msgtype), stamp_ns, self.typestore.serialize_cdr(msg, msgtype))
+
+    def header(self, stamp_ns: int, frame_id: str):
+        t = self.typestore.types
+        stamp = t["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+        return t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+
+    def image_msg(self, stamp_ns: int, frame_id: str, arr: np.ndarray, encoding: str):
+        from .encodings import encode_image
+
+        h, w, enc, big, step, data = encode_image(arr, encoding)
+        return self.typestore.types["sensor_msgs/msg/Image"](
+            header=self.header(stamp_ns, frame_id), height=h, width=w, encoding=enc, is_bigendian=big, step=step,
+            data=np.frombuffer(data, np.uint8))
+
+    def compressed_msg(self, stamp_ns: int, frame_id: str, rgb: np.ndarray, fmt: str = "png"):
+        import cv2
+
+        ok, buf = cv2.imencode(f".{fmt}", rgb[..., ::-1])
+        assert ok
+        return self.typestore.types["sensor_msgs/msg/CompressedImage"](
+            header=self.header(stamp_ns, frame_id), format=f"rgb8; {fmt} compressed bgr8", data=buf.ravel())
+
+    def camera_info_msg(self, stamp_ns: int, frame_id: str, intr: PinholeIntrinsics,
+                        d: Optional[Sequence[float]] = None):
+        t = self.typestore.types
+        k = intr.matrix()
+        p = np.zeros((3, 4))
+        p[:3, :3] = k
+        roi = t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+        return t["sensor_msgs/msg/CameraInfo"](
+            header=self.header(stamp_ns, frame_id), height=intr.height, width=intr.width,
+            distortion_model="plumb_bob", d=np.asarray(d if d is not None else [0.0] * 5, dtype=np.float64),
+            k=k.ravel(), r=np.eye(3).ravel(), p=p.ravel(), binning_x=0, binning_y=0, roi=roi)
+
+    def write_camera_frame(self, namespace: str, frame_id: str, stamp_ns: int, rgb: np.ndarray,
+                           intr: PinholeIntrinsics, depth: Optional[np.ndarray] = None,
+                           compressed: bool = False, image_encoding: str = "rgb8") -> None:
+        """Image (or its compressed form), CameraInfo and optional 32FC1 depth, all with the same stamp."""
+        if compressed:
+            self.write(f"{namespace}/image_raw/compressed", self.compressed_msg(stamp_ns, frame_id, rgb), stamp_ns)
+        else:
+            arr = rgb[..., ::-1] if image_encoding == "bgr8" else rgb
+            self.write(f"{namespace}/image_raw", self.image_msg(stamp_ns, frame_id, arr, image_encoding), stamp_ns)
+        self.write(f"{namespace}/camera_info", self.camera_info_msg(stamp_ns, frame_id, intr), stamp_ns)
+        if depth is not None:
+            self.write(f"{namespace}/depth", self.image_msg(stamp_ns, frame_id, depth.astype(np.float32), "32FC1"),
+                       stamp_ns)

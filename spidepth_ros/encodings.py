@@ -1,0 +1,155 @@
+"""Image encodings and depth units: the one place that knows them (no rclpy).
+
+Works on the plain fields of a ``sensor_msgs/Image`` (height, width, encoding, is_bigendian, step, data), so
+the node (rclpy messages), training and evaluation (rosbags messages) share it. Decoding honours ``step``
+padding and ``is_bigendian`` and must match cv_bridge byte for byte (tested where cv_bridge imports).
+
+Depth traits (depth_image_proc ``DepthTraits``): ``32FC1`` = metres, non-finite invalid; ``16UC1``/``mono16``
+= millimetres, 0 invalid. We publish 32FC1 with NaN for invalid pixels (REP 118).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class ImageDecodeError(ValueError):
+    """The image message cannot be decoded; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class EncodingInfo:
+    dtype: str        # numpy dtype of one channel, little-endian form
+    channels: int
+    order: str        # 'rgb', 'bgr', 'rgba', 'bgra', 'mono', 'yuv422_uyvy', 'yuv422_yuyv', 'depth'
+
+
+ENCODINGS: dict[str, EncodingInfo] = {
+    "rgb8": EncodingInfo("u1", 3, "rgb"), "bgr8": EncodingInfo("u1", 3, "bgr"),
+    "rgba8": EncodingInfo("u1", 4, "rgba"), "bgra8": EncodingInfo("u1", 4, "bgra"),
+    "mono8": EncodingInfo("u1", 1, "mono"), "8UC1": EncodingInfo("u1", 1, "mono"),
+    "8UC3": EncodingInfo("u1", 3, "bgr"),
+    "rgb16": EncodingInfo("u2", 3, "rgb"), "bgr16": EncodingInfo("u2", 3, "bgr"),
+    "rgba16": EncodingInfo("u2", 4, "rgba"), "bgra16": EncodingInfo("u2", 4, "bgra"),
+    "mono16": EncodingInfo("u2", 1, "mono"),
+    "yuv422": EncodingInfo("u1", 2, "yuv422_uyvy"), "uyvy": EncodingInfo("u1", 2, "yuv422_uyvy"),
+    "yuv422_yuy2": EncodingInfo("u1", 2, "yuv422_yuyv"), "yuyv": EncodingInfo("u1", 2, "yuv422_yuyv"),
+    "16UC1": EncodingInfo("u2", 1, "depth"), "32FC1": EncodingInfo("f4", 1, "depth"),
+}
+COLOR_ENCODINGS = tuple(k for k, v in ENCODINGS.items() if v.order != "depth")
+DEPTH_ENCODINGS = ("32FC1", "16UC1", "mono16")
+#: Refuse images above this many pixels before allocating (a 16k x 16k frame).
+MAX_IMAGE_PIXELS = 16384 * 16384
+MILLIMETRES_PER_METRE = 1000.0
+
+
+def image_to_array(height: int, width: int, encoding: str, is_bigendian: bool | int, step: int,
+                   data) -> np.ndarray:
+    """Raw image fields -> ``[H, W]`` or ``[H, W, C]`` array in native byte order (a view where possible).
+
+    Raises :class:`ImageDecodeError` on unknown encodings, zero sizes, a ``step`` smaller than a row or a
+    buffer shorter than ``step * height``.
+    """
+    if encoding not in ENCODINGS:
+        raise ImageDecodeError(f"unsupported encoding {encoding!r}; supported: {sorted(ENCODINGS)}")
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(f"image has zero size ({width}x{height})")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ImageDecodeError(f"image {width}x{height} exceeds the {MAX_IMAGE_PIXELS}-pixel limit")
+    info = ENCODINGS[encoding]
+    itemsize = np.dtype(info.dtype).itemsize
+    row_bytes = width * info.channels * itemsize
+    if step < row_bytes:
+        raise ImageDecodeError(f"step {step} is smaller than one row of {width} {encoding} pixels "
+                               f"({row_bytes} bytes); the publisher filled the header wrongly")
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
+    if buf.size < step * height:
+        raise ImageDecodeError(f"data has {buf.size} bytes, expected step*height = {step}*{height} = "
+                               f"{step * height}")
+    rows = buf[:step * height].reshape(height, step)[:, :row_bytes]
+    dtype = np.dtype(info.dtype).newbyteorder(">" if is_bigendian else "<")
+    if itemsize > 1:
+        rows = np.ascontiguousarray(rows)
+    arr = rows.view(dtype).reshape(height, width, info.channels) if info.channels > 1 else \
+        rows.view(dtype).reshape(height, width)
+    if not dtype.isnative:
+        arr = arr.astype(dtype.newbyteorder("="))
+    return arr
+
+
+def _yuv422_to_rgb(arr: np.ndarray, order: str) -> np.ndarray:
+    """``[H, W, 2]`` packed YUV 4:2:2 -> ``[H, W, 3]`` RGB uint8 (BT.601, as OpenCV's COLOR_YUV2RGB_UYVY)."""
+    import cv2
+
+    code = cv2.COLOR_YUV2RGB_UYVY if order == "yuv422_uyvy" else cv2.COLOR_YUV2RGB_YUYV
+    return cv2.cvtColor(np.ascontiguousarray(arr), code)
+
+
+def to_rgb8(arr: np.ndarray, encoding: str) -> np.ndarray:
+    """Any colour/mono encoding -> ``[H, W, 3]`` uint8 RGB (16-bit scaled by 1/257, alpha dropped)."""
+    info = ENCODINGS[encoding]
+    if info.order == "depth":
+        raise ImageDecodeError(f"{encoding} is a depth encoding; the network needs a colour image")
+    if info.order.startswith("yuv422"):
+        return _yuv422_to_rgb(arr, info.order)
+    if arr.dtype != np.uint8:
+        arr = (arr.astype(np.uint32) // 257).astype(np.uint8) if arr.dtype == np.uint16 else arr.astype(np.uint8)
+    if info.order == "mono":
+        return np.repeat(arr[..., None], 3, axis=2)
+    if info.order in ("bgr", "bgra"):
+        return np.ascontiguousarray(arr[..., 2::-1])
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def decode_color_image(height: int, width: int, encoding: str, is_bigendian, step: int, data) -> np.ndarray:
+    """Image fields -> ``[H, W, 3]`` uint8 RGB."""
+    return to_rgb8(image_to_array(height, width, encoding, is_bigendian, step, data), encoding)
+
+
+def decode_compressed(fmt: str, data) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg/png) -> ``[H, W, 3]`` uint8 RGB."""
+    import cv2
+
+    buf = np.frombuffer(bytes(data) if not isinstance(data, np.ndarray) else data, dtype=np.uint8)
+    if buf.size == 0:
+        raise ImageDecodeError("compressed image has no data")
+    if "compressedDepth" in fmt:
+        raise ImageDecodeError("compressedDepth images are depth, not colour; subscribe to the colour topic")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageDecodeError(f"could not decode compressed image (format {fmt!r}); only jpeg and png are "
+                               "supported")
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2) if img.dtype == np.uint8 else \
+            np.repeat((img // 257).astype(np.uint8)[..., None], 3, axis=2)
+    if img.dtype == np.uint16:
+        img = (img // 257).astype(np.uint8)
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+
+
+def depth_to_metres(arr: np.ndarray, encoding: str) -> np.ndarray:
+    """Recorded depth image -> float32 metres with NaN for invalid pixels."""
+    if encoding == "32FC1":
+        out = arr.astype(np.float32, copy=True)
+        out[~np.isfinite(out)] = np.nan
+        return out
+    if encoding in ("16UC1", "mono16"):
+        out = arr.astype(np.float32) / MILLIMETRES_PER_METRE
+        out[arr == 0] = np.nan
+        return out
+    raise ImageDecodeError(f"{encoding!r} is not a depth encoding; use one of {DEPTH_ENCODINGS}")
+
+
+def metres_to_16uc1(depth: np.ndarray) -> np.ndarray:
+    """Float metres (NaN invalid) -> uint16 millimetres, 0 invalid, saturating at 65.535 m."""
+    d = np.nan_to_num(depth.astype(np.float64) * MILLIMETRES_PER_METRE, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(np.rint(d), 0, 65535).astype(np.uint16)
+
+
+def encode_image(arr: np.ndarray, encoding: str) -> tuple[int, int, str, int, int, bytes]:
+    """Array -> ``(height, width, encoding, is_bigendian, step, data)`` little-endian, unpadded."""
+    info = ENCODINGS[encoding]
+    arr = np.ascontiguousarray(arr, dtype=np.dtype(info.dtype).newbyteorder("<"))
+    h, w = arr.shape[:2]
+    return h, w, encoding, 0, w * info.channels * arr.dtype.itemsize, arr.tobytes()

@@ -1,0 +1,145 @@
+"""Camera geometry shared by the node, the exporter and training (numpy; no torch, no rclpy).
+
+Conventions (stated once, used everywhere):
+
+* Frames: the camera **optical** frame of REP 103, x right, y down, z forward. Depth is Z in metres
+  (REP 118), not ray length.
+* Pixels: integer ``(u, v)`` are pixel centres, ``u`` = column, ``v`` = row; ``X = (u - cx) Z / fx``,
+  ``Y = (v - cy) Z / fy``. This is image_geometry's and depth_image_proc's convention.
+* Intrinsics come from CameraInfo **P** (rectified image), as image_geometry uses them.
+* Resize/crop (image_proc ResizeNode convention): crop box ``(x0, y0, w_c, h_c)``, then resize to ``(W, H)``:
+  ``sx = W / w_c``, ``sy = H / h_c``, ``fx' = fx sx``, ``cx' = (cx - x0) sx`` (likewise y). Training uses the
+  same function, so the network and the node agree on the pinhole model.
+* Normalised intrinsics (training): ``fx/W, cx/W, fy/H, cy/H``; they survive any resize unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PinholeIntrinsics:
+    """fx, fy, cx, cy in pixels of an image ``width x height``."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    @classmethod
+    def from_projection(cls, p: "np.ndarray | list[float]", width: int, height: int) -> "PinholeIntrinsics":
+        """From a CameraInfo ``P`` (12 values, row-major 3x4) or ``K`` (9 values)."""
+        p = np.asarray(p, dtype=np.float64).ravel()
+        if p.size == 12:
+            fx, cx, fy, cy = p[0], p[2], p[5], p[6]
+        elif p.size == 9:
+            fx, cx, fy, cy = p[0], p[2], p[4], p[5]
+        else:
+            raise ValueError(f"expected 9 (K) or 12 (P) intrinsics values, got {p.size}")
+        return cls(float(fx), float(fy), float(cx), float(cy), int(width), int(height))
+
+    def is_valid(self) -> bool:
+        vals = np.array([self.fx, self.fy, self.cx, self.cy])
+        return bool(np.all(np.isfinite(vals)) and self.fx > 0 and self.fy > 0 and self.width > 0
+                    and self.height > 0)
+
+    def matrix(self) -> np.ndarray:
+        """3x3 K."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    def normalized(self) -> np.ndarray:
+        """4x4 normalised K (row 0 / width, row 1 / height), monodepth2's training convention."""
+        k = np.eye(4)
+        k[0, 0], k[0, 2] = self.fx / self.width, self.cx / self.width
+        k[1, 1], k[1, 2] = self.fy / self.height, self.cy / self.height
+        return k
+
+    @classmethod
+    def from_normalized(cls, k: np.ndarray, width: int, height: int) -> "PinholeIntrinsics":
+        return cls(float(k[0, 0] * width), float(k[1, 1] * height), float(k[0, 2] * width),
+                   float(k[1, 2] * height), width, height)
+
+    def crop_and_resize(self, crop: "CropBox", out_width: int, out_height: int) -> "PinholeIntrinsics":
+        """Intrinsics of the image after cropping ``crop`` and resizing to ``out_width x out_height``."""
+        sx = out_width / crop.width
+        sy = out_height / crop.height
+        return PinholeIntrinsics(self.fx * sx, self.fy * sy, (self.cx - crop.x0) * sx, (self.cy - crop.y0) * sy,
+                                 out_width, out_height)
+
+    def resized(self, out_width: int, out_height: int) -> "PinholeIntrinsics":
+        return self.crop_and_resize(CropBox(0, 0, self.width, self.height), out_width, out_height)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Pixel box ``[x0, x0 + width) x [y0, y0 + height)``."""
+
+    x0: int
+    y0: int
+    width: int
+    height: int
+
+
+def center_crop_box(in_width: int, in_height: int, aspect: float) -> CropBox:
+    """Largest centred box of aspect ``width/height = aspect`` inside the image."""
+    if in_width / in_height > aspect:
+        w = int(round(in_height * aspect))
+        return CropBox((in_width - w) // 2, 0, w, in_height)
+    h = int(round(in_width / aspect))
+    return CropBox(0, (in_height - h) // 2, in_width, h)
+
+
+def pixel_rays(intr: PinholeIntrinsics, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel ``(X/Z, Y/Z)`` for the pixels ``[::stride, ::stride]``: two float32 arrays ``[h, w]``."""
+    u = np.arange(0, intr.width, stride, dtype=np.float64)
+    v = np.arange(0, intr.height, stride, dtype=np.float64)
+    rx = ((u - intr.cx) / intr.fx).astype(np.float32)
+    ry = ((v - intr.cy) / intr.fy).astype(np.float32)
+    return np.broadcast_to(rx[None, :], (v.size, u.size)), np.broadcast_to(ry[:, None], (v.size, u.size))
+
+
+def backproject(depth: np.ndarray, intr: PinholeIntrinsics, stride: int = 1,
+                rays: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+    """Depth ``[H, W]`` (metres, NaN invalid) -> points ``[h, w, 3]`` float32 in the optical frame.
+
+    Invalid depth gives NaN points (depth_image_proc's convention for organised clouds).
+    """
+    d = np.asarray(depth, dtype=np.float32)[::stride, ::stride]
+    rx, ry = rays if rays is not None else pixel_rays(intr, stride)
+    out = np.empty(d.shape + (3,), dtype=np.float32)
+    np.multiply(rx, d, out=out[..., 0])
+    np.multiply(ry, d, out=out[..., 1])
+    out[..., 2] = d
+    return out
+
+
+def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:
+    """Rodrigues: ``[3]`` rotation vector (radians) -> 3x3 rotation matrix."""
+    v = np.asarray(axis_angle, dtype=np.float64)
+    theta = float(np.linalg.norm(v))
+    a = v / (theta + 1e-7)
+    ax = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.cos(theta) * np.eye(3) + np.sin(theta) * ax + (1 - np.cos(theta)) * np.outer(a, a)
+
+
+def pose_from_axis_angle(axis_angle: np.ndarray, translation: np.ndarray, invert: bool = False) -> np.ndarray:
+    """4x4 ``cam_T_cam`` from PoseNet outputs (SPIdepth/monodepth2 rule).
+
+    ``invert=False`` (pair [I0, I+1]): ``x' = R x + t``. ``invert=True`` (pair [I-1, I0]): the exact inverse,
+    ``x' = R^T (x - t)``. The result maps points from the target (frame 0) camera into the source camera.
+    """
+    r = axis_angle_to_matrix(axis_angle)
+    t = np.asarray(translation, dtype=np.float64).reshape(3)
+    m = np.eye(4)
+    if invert:
+        m[:3, :3] = r.T
+        m[:3, 3] = -r.T @ t
+    else:
+        m[:3, :3] = r
+        m[:3, 3] = t
+    return m
