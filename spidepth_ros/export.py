@@ -1,0 +1,98 @@
+"""``spidepth-export``: checkpoint (official folder or ours) -> ONNX (+ sidecar) -> optional TensorRT engine.
+
+    spidepth-export /path/to/kitti_weights --preset cvnxt_h_320x1024 -o models/spidepth.onnx
+    spidepth-export runs/mine/best.pt -o models/mine.onnx --engine --precision fp16   # on the robot
+
+The ONNX has a static input ``image`` [1, 3, H, W] (RGB, [0, 1]) and output ``depth`` [1, 1, H/2, W/2]
+(``--dynamic-batch`` makes dim 0 symbolic). A JSON sidecar (``<file>.onnx.json``) records the contract.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+from .checkpoint import file_sha256, load_weights
+from .runtime.metadata import ModelMetadata, write_sidecar
+
+DEFAULT_OPSET = 17
+
+
+def export_onnx(weights_path: str | Path, out: str | Path, preset: Optional[str] = None, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = False, fp16: bool = False, height: Optional[int] = None,
+                width: Optional[int] = None) -> tuple[Path, ModelMetadata]:
+    """Export the depth network; returns the ONNX path and its metadata (sidecar already written)."""
+    import torch
+
+    weights = load_weights(weights_path, preset)
+    if height or width:
+        weights.preset = weights.preset.replace(height=height or weights.preset.height,
+                                                width=width or weights.preset.width)
+    model, _ = weights.build()
+    p = weights.preset
+    model.check_input_size(p.height, p.width)
+    net: torch.nn.Module = model
+    if fp16:
+        class Fp16(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner.half()
+
+            def forward(self, x):
+                return self.inner(x.half()).float()
+
+        net = Fp16(model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.rand(1, 3, p.height, p.width)
+    axes = {"image": {0: "batch"}, "depth": {0: "batch"}} if dynamic_batch else None
+    with torch.no_grad():
+        torch.onnx.export(net, (dummy,), str(out), input_names=["image"], output_names=["depth"],
+                          opset_version=opset, dynamic_axes=axes, dynamo=False)
+    src = Path(weights_path)
+    ckpt_sha = file_sha256(src) if src.is_file() else file_sha256(src / "encoder.pth") if (src / "encoder.pth").exists() \
+        else file_sha256(src.parent / "encoder.pth")
+    meta = ModelMetadata.from_preset(p, opset=opset, dynamic_batch=dynamic_batch,
+                                     precision="fp16" if fp16 else "fp32", checkpoint_sha256=ckpt_sha,
+                                     model_sha256=file_sha256(out),
+                                     extra={"source": str(src), "depth_scale_hint": weights.extra.get(
+                                         "depth_scale", None)})
+    write_sidecar(out, meta)
+    return out, meta
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("weights", help="official folder (encoder.pth + depth.pth) or our .pt checkpoint")
+    ap.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    ap.add_argument("--preset", help="preset name (default: detected from tensor shapes)")
+    ap.add_argument("--height", type=int, help="override the input height (must suit the Self Query Layer)")
+    ap.add_argument("--width", type=int, help="override the input width")
+    ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    ap.add_argument("--dynamic-batch", action="store_true")
+    ap.add_argument("--engine", action="store_true", help="also build a TensorRT engine (needs TensorRT + GPU)")
+    ap.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="engine precision")
+    ap.add_argument("--workspace-mib", type=int, default=1024)
+    ap.add_argument("--cache-dir", help="where engines are cached (default: beside the ONNX)")
+    args = ap.parse_args(argv)
+    onnx_path, meta = export_onnx(args.weights, args.output, args.preset, args.opset, args.dynamic_batch,
+                                  height=args.height, width=args.width)
+    print(f"wrote {onnx_path} ({meta.input_width}x{meta.input_height}, preset {meta.preset['name']}) and "
+          f"{onnx_path.name}.json")
+    if args.precision == "fp16":
+        fp16_path = onnx_path.with_name(onnx_path.name.replace(".onnx", ".fp16.onnx"))
+        export_onnx(args.weights, fp16_path, args.preset, args.opset, args.dynamic_batch, fp16=True,
+                    height=args.height, width=args.width)
+        print(f"wrote {fp16_path} (FP16 graph for strongly typed TensorRT >= 11 builds)")
+    if args.engine:
+        from .runtime.tensorrt_backend import engine_for_onnx
+
+        engine = engine_for_onnx(onnx_path, args.precision, args.cache_dir, args.workspace_mib)
+        print(f"engine ready: {engine}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""One interface for every inference backend.
+
+A backend is created (cheap), then started (loads the model, allocates buffers), used through
+:meth:`DepthEstimator.infer`, and stopped (frees everything) — the lifecycle the ROS node maps onto
+configure/cleanup. Outputs are fresh arrays the caller owns (backends may reuse their internal buffers).
+"""
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .metadata import ModelMetadata
+from .preprocess import PreparedImage, Preprocessor, depth_to_input_resolution
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's library or device is missing; the message says what to install or choose instead."""
+
+
+@dataclass
+class DepthResult:
+    depth: np.ndarray            # [h, w] float32, model units (see metadata.output_description)
+    prepared: PreparedImage      # crop/size information for intrinsics
+    inference_ms: float          # network time only
+    preprocess_ms: float
+
+
+class DepthEstimator(abc.ABC):
+    """Base class: subclasses implement ``_start``, ``_stop`` and ``_run``."""
+
+    name = "base"
+
+    def __init__(self, metadata: ModelMetadata, crop: str = "none") -> None:
+        self.metadata = metadata
+        self.preprocessor = Preprocessor(metadata.input_width, metadata.input_height, crop)
+        self._started = False
+        self._input = np.empty((1, 3, metadata.input_height, metadata.input_width), np.float32)
+
+    # lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> "DepthEstimator":
+        if not self._started:
+            self._start()
+            self._started = True
+        return self
+
+    def stop(self) -> None:
+        if self._started:
+            self._stop()
+            self._started = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def __enter__(self) -> "DepthEstimator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # inference -----------------------------------------------------------------------------------------
+    def infer_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        """``[1, 3, H, W]`` float32 -> ``[1, 1, H/2, W/2]`` float32 depth (model units)."""
+        if not self._started:
+            raise RuntimeError(f"{self.name} backend is not started; call start() (or use it as a context "
+                               "manager) first")
+        expected = (1, 3, self.metadata.input_height, self.metadata.input_width)
+        if tensor.shape != expected or tensor.dtype != np.float32:
+            raise ValueError(f"input tensor must be float32 {expected}, got {tensor.dtype} {tensor.shape}")
+        return self._run(tensor)
+
+    def infer(self, rgb: np.ndarray, resolution: str = "network") -> DepthResult:
+        """``[H, W, 3]`` uint8 RGB -> depth at the network output size (``"network"``) or the input size."""
+        t0 = time.perf_counter()
+        prepared = self.preprocessor.prepare(rgb, out=self._input)
+        t1 = time.perf_counter()
+        depth = self.infer_tensor(prepared.tensor)[0, 0]
+        t2 = time.perf_counter()
+        if resolution == "input":
+            depth = depth_to_input_resolution(depth, prepared)
+        elif resolution != "network":
+            raise ValueError("resolution must be 'network' or 'input'")
+        return DepthResult(np.array(depth, dtype=np.float32, copy=True), prepared, (t2 - t1) * 1e3, (t1 - t0) * 1e3)
+
+    # to implement --------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _start(self) -> None: ...
+
+    @abc.abstractmethod
+    def _stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def _run(self, tensor: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> str:
+        return self.name

@@ -1,0 +1,177 @@
+"""``spidepth-train``: self-supervised training on rosbag2 recordings.
+
+Examples::
+
+    spidepth-train --config config/train.yaml --bags run1 run2 --out runs/mine
+    spidepth-train --config config/train.yaml --set optim.lr=5e-5 model.init=/path/to/official/kitti
+    torchrun --nproc_per_node 2 -m spidepth_ros.training.cli --config config/train.yaml
+    spidepth-train --resume runs/mine/last.pt      # continues exactly where it stopped
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from spidepth_ros.metrics import EvalSettings, summarize
+
+from .config import TrainConfig, config_from_dict, load_config, save_config
+from .data import build_datasets
+from .trainer import Trainer, init_distributed, resolve_device
+
+
+def image_panel(batch: dict, depth: torch.Tensor, count: int = 4) -> np.ndarray:
+    """``[3, N*H, 2*W]`` float panel: input | colourised predicted depth, for TensorBoard."""
+    from spidepth_ros.colorize import colorize_depth
+
+    rows = []
+    for i in range(min(count, depth.shape[0])):
+        rgb = batch["target"][i].permute(1, 2, 0).numpy()
+        col = colorize_depth(depth[i, 0].cpu().numpy())[..., ::-1].astype(np.float32) / 255.0
+        rows.append(np.concatenate([rgb, col], axis=1))
+    return np.concatenate(rows, axis=0).transpose(2, 0, 1)
+
+
+def validate(trainer: Trainer, val_set, cfg: TrainConfig, max_batches: int = 20) -> dict:
+    """Mean photometric loss on validation triplets, plus depth metrics when ``data.depth_topic`` is set."""
+    from torch.utils.data import DataLoader
+
+    trainer.depth_net.eval()
+    trainer.pose_net.eval()
+    losses = []
+    with torch.no_grad():
+        for i, batch in enumerate(DataLoader(val_set, batch_size=cfg.optim.batch_size)):
+            if i >= max_batches:
+                break
+            losses.append(float(trainer.compute_loss(batch)["photometric"]))
+        result = {"val_photometric": float(np.mean(losses)) if losses else float("nan")}
+        if cfg.data.depth_topic:
+            result.update(depth_metrics(trainer, cfg))
+    trainer.depth_net.train()
+    trainer.pose_net.train()
+    return result
+
+
+def depth_metrics(trainer: Trainer, cfg: TrainConfig, max_frames: int = 40) -> dict:
+    from spidepth_ros.runtime.preprocess import Preprocessor
+
+    from .evaluate import evaluate_bags
+
+    preset = trainer.preset
+    pre = Preprocessor(preset.width, preset.height)
+    bags = [Path(b) for b in (cfg.data.val_bags or cfg.data.bags)]
+
+    def predict(rgb: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(pre.prepare(rgb).tensor).to(trainer.device)
+        return trainer.depth_net(x)[0, 0].float().cpu().numpy()
+
+    rows = evaluate_bags(predict, bags, cfg.data.image_topic, cfg.data.depth_topic,
+                         EvalSettings(preset.min_depth, preset.max_depth), max_frames=max_frames, every=3,
+                         progress=False)
+    s = summarize(rows)
+    return {f"val_{k}": v for k, v in s.items() if k in ("abs_rel", "rmse", "a1", "scale_median")}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="YAML config (see config/train.yaml)")
+    p.add_argument("--bags", nargs="*", help="override data.bags")
+    p.add_argument("--val-bags", nargs="*", help="override data.val_bags")
+    p.add_argument("--out", help="override out_dir")
+    p.add_argument("--resume", type=Path, help="training checkpoint to continue (its saved config is used)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    overrides = list(args.set)
+    if args.bags:
+        overrides.append(f"data.bags={json.dumps(args.bags)}")
+    if args.val_bags:
+        overrides.append(f"data.val_bags={json.dumps(args.val_bags)}")
+    if args.out:
+        overrides.append(f"out_dir={json.dumps(args.out)}")
+    if args.resume:
+        from .config import apply_overrides
+        from spidepth_ros.checkpoint import safe_torch_load
+
+        saved = safe_torch_load(args.resume)
+        cfg = config_from_dict(apply_overrides(saved.get("config", {}), overrides))
+    else:
+        cfg = load_config(args.config, overrides)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    dist_probe = init_distributed(resolve_device(cfg.device))
+    device = resolve_device(cfg.device, dist_probe)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    trainer = Trainer(cfg, device, dist_probe)
+    preset = trainer.preset
+    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
+    data = build_datasets(cfg.data, preset.width, preset.height, cache, cfg.seed,
+                          progress=dist_probe.is_main and not args.no_progress)
+    if args.resume:
+        trainer.load(args.resume)
+    if dist_probe.is_main:
+        save_config(cfg, out_dir / "config.yaml")
+        print(f"preset {preset.name}: {len(data.train)} training / {len(data.val)} validation triplets, "
+              f"device {device}, world size {dist_probe.world_size}")
+
+    writer = None
+    if dist_probe.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"))
+    best = {"val_photometric": float("inf")}
+
+    def on_log(step: int, out: dict) -> None:
+        if writer is None:
+            return
+        for key in ("loss", "photometric", "smoothness", "automask_fraction", "grad_norm"):
+            if key in out:
+                writer.add_scalar(f"train/{key}", float(out[key]), step)
+        writer.add_scalar("train/lr", trainer.optimizer.param_groups[-1]["lr"], step)
+
+    def on_epoch_end(epoch: int) -> None:
+        if not dist_probe.is_main:
+            return
+        result = validate(trainer, data.val, cfg) if len(data.val) else {}
+        for key, value in result.items():
+            writer.add_scalar(f"val/{key}", value, trainer.global_step)
+        if len(data.val):
+            batch = next(iter(torch.utils.data.DataLoader(data.val, batch_size=4)))
+            with torch.no_grad():
+                trainer.depth_net.eval()
+                depth = trainer.predict_depth(batch["target"].to(device)).cpu()
+                trainer.depth_net.train()
+            writer.add_image("val/input_depth", image_panel(batch, depth), trainer.global_step)
+        writer.flush()
+        print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        metrics_file = out_dir / "metrics.jsonl"
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps({"epoch": epoch, "step": trainer.global_step, **result}) + "\n")
+        if result.get("val_photometric", float("inf")) < best["val_photometric"]:
+            best.update(result)
+            trainer.save(out_dir / "best.pt")
+
+    trainer.fit(data.train, out_dir, on_log, on_epoch_end, progress=not args.no_progress)
+    if writer is not None:
+        writer.close()
+    if dist_probe.world_size > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

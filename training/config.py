@@ -1,0 +1,148 @@
+"""Typed training configuration: dataclasses loaded from YAML, overridden from the command line.
+
+``load_config("config/train.yaml", ["optim.lr=2e-4", "data.bags=[a,b]"])`` returns a frozen
+:class:`TrainConfig`; the resolved config is written as ``config.yaml`` beside every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    bags: tuple[str, ...] = ()                 # rosbag2 folders (or .mcap/.db3 files) to train on
+    val_bags: tuple[str, ...] = ()             # held-out bags; empty = last val_fraction of each bag
+    image_topic: str = "/camera/image_raw"     # sensor_msgs/Image or CompressedImage
+    camera_info_topic: str = "/camera/camera_info"
+    depth_topic: str = ""                      # optional ground truth in val bags (32FC1 m / 16UC1 mm)
+    intrinsics: tuple[float, ...] = ()         # fx, fy, cx, cy in pixels of the recorded image, if no CameraInfo
+    frame_offset: int = 1                      # k in (t-k, t, t+k), in frames after motion filtering
+    max_gap_s: float = 0.5                     # largest stamp gap allowed inside a triplet
+    min_motion: float = 0.01                   # mean |frame difference| (0..1 grey) below which a pair is static
+    val_fraction: float = 0.1
+    flip: bool = True
+    color_jitter: bool = True
+    workers: int = 0
+    cache_dir: str = ""                        # where decoded frames are cached; default <out>/cache
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str = "small_r18_96x320"
+    init: str = "scratch"                      # scratch | official folder / our .pt to fine-tune from
+    backbone_weights: str = ""                 # local timm weights for the depth backbone (optional)
+    pose_backbone_weights: str = ""            # local timm weights for the PoseNet backbone (optional)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    ssim_alpha: float = 0.85
+    ssim_window: int = 7
+    smoothness: float = 1e-3
+    automask: bool = True
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "adam"                    # adam | adamw
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    encoder_lr_factor: float = 1.0             # 0.1 = the official --diff_lr (depth encoder at lr/10)
+    epochs: int = 20
+    step_size: int = 15                        # StepLR step (epochs), gamma below
+    gamma: float = 0.1
+    batch_size: int = 8
+    grad_clip: float = 1.0                     # max grad norm; 0 disables
+    amp: bool = True                           # autocast + GradScaler on CUDA (ignored on CPU)
+    max_steps: int = 0                         # stop after this many steps (0 = epochs decide)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out_dir: str = "runs/spidepth"
+    seed: int = 0
+    device: str = "auto"                       # auto | cpu | cuda | cuda:N
+    log_every: int = 20                        # steps between TensorBoard scalars
+    checkpoint_every: int = 200                # steps between mid-epoch checkpoints (0 = epoch ends only)
+    threads: int = 0                           # torch CPU threads (0 = torch default)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _build(cls, data: dict, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; valid keys: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            kwargs[name] = _build(f.default_factory, value, f"{where}.{name}")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(default, tuple):
+            value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}.{name}: expected true/false, got {value!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                value = type(default)(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}.{name}: expected a number, got {value!r}") from None
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    return _build(TrainConfig, data, "config")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        path, raw = item.split("=", 1)
+        node = data
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
+    data: dict = {}
+    if path:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)

@@ -1,0 +1,242 @@
+"""Frames from rosbag2 recordings -> (t-k, t, t+k) training triplets.
+
+Pipeline: read the image topic once (header-stamp order), undistort if the CameraInfo has non-zero D,
+resize to the network size and cache the frames as a ``.npy`` memmap (fork-safe for DataLoader workers, no
+bag handle kept open). Intrinsics are kept **normalised** (fx/W, cx/W, fy/H, cy/H), so they stay right under
+the resize. Triplets are chosen by time gap and by motion: frames where the camera did not move are dropped
+(a static camera teaches infinite depth).
+
+Each item is a dict with string keys (documented here once):
+    ``target``, ``prev``, ``next``: ``[3, H, W]`` float in [0, 1], un-augmented (used by the losses);
+    ``target_aug``, ``prev_aug``, ``next_aug``: the same after colour jitter (fed to the networks);
+    ``K``, ``inv_K``: ``[4, 4]`` intrinsics in pixels of ``H x W``; ``index``: target frame index.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from spidepth_ros.bagio import BagError, CameraCalibration, count_messages, iter_images, read_camera_info
+from spidepth_ros.geometry import PinholeIntrinsics
+
+#: Side of the grey thumbnail used to measure motion between frames.
+MOTION_THUMB = (64, 20)
+
+
+@dataclass
+class FrameStore:
+    """Decoded frames of one bag at network resolution."""
+
+    frames: np.ndarray          # [N, H, W, 3] uint8 (memmap)
+    stamps_ns: np.ndarray       # [N] int64
+    k_normalized: np.ndarray    # [4, 4]
+    motion: np.ndarray          # [N] mean |grey difference| to the previous frame (0..1); motion[0] = 0
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.stamps_ns)
+
+
+def _cache_key(bag: Path, topic: str, width: int, height: int) -> str:
+    meta = bag / "metadata.yaml" if bag.is_dir() else bag
+    stat = meta.stat()
+    h = hashlib.sha1(f"{bag.resolve()}|{topic}|{width}x{height}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _intrinsics_for(bag: Path, cfg_intrinsics: Sequence[float], info_topic: str, first_shape: tuple[int, int]
+                    ) -> tuple[PinholeIntrinsics, Optional[CameraCalibration]]:
+    calib = read_camera_info([bag], info_topic) if info_topic else None
+    if calib is not None and calib.intrinsics.is_valid():
+        return calib.intrinsics, calib
+    if len(cfg_intrinsics) == 4:
+        fx, fy, cx, cy = map(float, cfg_intrinsics)
+        return PinholeIntrinsics(fx, fy, cx, cy, first_shape[1], first_shape[0]), None
+    raise BagError(f"no intrinsics for {bag}: topic {info_topic!r} has no valid CameraInfo and "
+                   "data.intrinsics (fx, fy, cx, cy) is not set in the config")
+
+
+def load_frames(bag: Path, image_topic: str, info_topic: str, width: int, height: int, cache_dir: Path,
+                cfg_intrinsics: Sequence[float] = (), progress: bool = True) -> FrameStore:
+    """Decode (or reuse the cache of) one bag's image topic at ``width x height``."""
+    import cv2
+    from tqdm import tqdm
+
+    bag = Path(bag)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = _cache_key(bag, image_topic, width, height)
+    frames_path, meta_path = cache_dir / f"{key}.frames.npy", cache_dir / f"{key}.json"
+    if frames_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        return FrameStore(np.load(frames_path, mmap_mode="r"), np.array(meta["stamps_ns"], np.int64),
+                          np.array(meta["k_normalized"]), np.array(meta["motion"], np.float32), str(bag))
+    total = count_messages([bag], image_topic)
+    if total == 0:
+        raise BagError(f"topic {image_topic!r} in {bag} has no messages")
+    tmp_path = cache_dir / f"{key}.frames.tmp.npy"
+    frames = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=(total, height, width, 3))
+    stamps, motion = [], []
+    intr = calib = undistort_maps = None
+    prev_thumb = None
+    for i, (stamp, rgb) in enumerate(tqdm(iter_images([bag], image_topic), total=total, disable=not progress,
+                                          desc=f"decode {bag.name}", unit="frame")):
+        if intr is None:
+            intr, calib = _intrinsics_for(bag, cfg_intrinsics, info_topic, rgb.shape[:2])
+            if calib is not None and calib.distorted:
+                undistort_maps = cv2.initUndistortRectifyMap(calib.k, calib.d, None, intr.matrix(),
+                                                             (rgb.shape[1], rgb.shape[0]), cv2.CV_32FC1)
+        if rgb.shape[:2] != (intr.height, intr.width):
+            raise BagError(f"{bag}: frame {i} is {rgb.shape[1]}x{rgb.shape[0]} but the CameraInfo says "
+                           f"{intr.width}x{intr.height}")
+        if undistort_maps is not None:
+            rgb = cv2.remap(rgb, *undistort_maps, interpolation=cv2.INTER_LINEAR)
+        small = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+        frames[i] = small
+        thumb = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), MOTION_THUMB,
+                           interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        motion.append(0.0 if prev_thumb is None else float(np.mean(np.abs(thumb - prev_thumb))))
+        prev_thumb = thumb
+        stamps.append(stamp)
+    frames.flush()
+    del frames
+    order = np.argsort(np.array(stamps), kind="stable")
+    if not np.all(order == np.arange(len(order))):
+        raise BagError(f"{bag}: header stamps of {image_topic} are not increasing in recording order; "
+                       "re-record or reorder the bag")
+    tmp_path.replace(frames_path)
+    meta = {"stamps_ns": stamps, "k_normalized": intr.normalized().tolist(), "motion": motion}
+    meta_path.write_text(json.dumps(meta))
+    return FrameStore(np.load(frames_path, mmap_mode="r"), np.array(stamps, np.int64), intr.normalized(),
+                      np.array(motion, np.float32), str(bag))
+
+
+def select_triplets(store: FrameStore, offset: int, max_gap_s: float, min_motion: float,
+                    index_range: Optional[tuple[int, int]] = None) -> list[tuple[int, int, int]]:
+    """``(prev, target, next)`` frame indices with enough motion and small enough time gaps.
+
+    Static frames (motion to the previous frame below ``min_motion``) are skipped first, then neighbours are
+    taken ``offset`` moving frames apart.
+    """
+    lo, hi = index_range or (0, len(store))
+    moving = [i for i in range(lo, hi) if i == lo or store.motion[i] >= min_motion]
+    out = []
+    gap = max_gap_s * 1e9
+    for j in range(offset, len(moving) - offset):
+        p, t, n = moving[j - offset], moving[j], moving[j + offset]
+        if store.stamps_ns[t] - store.stamps_ns[p] > gap or store.stamps_ns[n] - store.stamps_ns[t] > gap:
+            continue
+        out.append((p, t, n))
+    return out
+
+
+def color_jitter(images: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Brightness/contrast/saturation in [0.8, 1.2] and hue in [-0.1, 0.1], drawn independently per frame
+    (as upstream). Images are ``[H, W, 3]`` float32 in [0, 1]."""
+    import cv2
+
+    out = []
+    for img in images:
+        b, c, s = rng.uniform(0.8, 1.2, size=3)
+        hue = rng.uniform(-0.1, 0.1)
+        x = img * b
+        mean = x.mean()
+        x = np.clip((x - mean) * c + mean, 0, 1)
+        grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
+        x = np.clip((x - grey[..., None]) * s + grey[..., None], 0, 1).astype(np.float32)
+        hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0] + hue * 360.0) % 360.0
+        out.append(np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0, 1))
+    return out
+
+
+class TripletDataset(Dataset):
+    """Training triplets over one or more :class:`FrameStore`. Augmentation is a pure function of
+    ``(seed, epoch, index)``, so a resumed run sees exactly the same batches."""
+
+    def __init__(self, stores: list[FrameStore], triplets: list[tuple[int, int, int, int]], width: int, height: int,
+                 augment: bool, flip: bool = True, jitter: bool = True, seed: int = 0) -> None:
+        self.stores = stores
+        self.triplets = triplets          # (store index, prev, target, next)
+        self.width, self.height = width, height
+        self.augment, self.flip, self.jitter = augment, flip, jitter
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.triplets)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        s, p, t, n = self.triplets[index]
+        store = self.stores[s]
+        imgs = [store.frames[i].astype(np.float32) / 255.0 for i in (p, t, n)]
+        k = store.k_normalized.copy()
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.augment and self.flip and rng.random() < 0.5:
+            imgs = [np.ascontiguousarray(x[:, ::-1]) for x in imgs]
+            k[0, 2] = 1.0 - k[0, 2]        # mirror the principal point (normalised)
+        aug = color_jitter(imgs, rng) if self.augment and self.jitter and rng.random() < 0.5 else imgs
+        k_pix = k.copy()
+        k_pix[0] *= self.width
+        k_pix[1] *= self.height
+
+        def chw(x):
+            return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+        return {"prev": chw(imgs[0]), "target": chw(imgs[1]), "next": chw(imgs[2]),
+                "prev_aug": chw(aug[0]), "target_aug": chw(aug[1]), "next_aug": chw(aug[2]),
+                "K": torch.from_numpy(k_pix.astype(np.float32)),
+                "inv_K": torch.from_numpy(np.linalg.pinv(k_pix).astype(np.float32)),
+                "index": torch.tensor(t)}
+
+
+@dataclass
+class SplitData:
+    train: TripletDataset
+    val: TripletDataset
+    val_stores: list[FrameStore]
+
+
+def build_datasets(data_cfg, width: int, height: int, cache_dir: Path, seed: int, progress: bool = True
+                   ) -> SplitData:
+    """Read the configured bags and split into training and validation triplets."""
+    if not data_cfg.bags:
+        raise BagError("no training bags: set data.bags in the config or pass --bags")
+
+    def load(bag):
+        return load_frames(Path(bag), data_cfg.image_topic, data_cfg.camera_info_topic, width, height, cache_dir,
+                           data_cfg.intrinsics, progress)
+
+    stores = [load(b) for b in data_cfg.bags]
+    val_stores = [load(b) for b in data_cfg.val_bags]
+    train_t, val_t = [], []
+    for si, store in enumerate(stores):
+        cut = len(store) if val_stores else int(round(len(store) * (1 - data_cfg.val_fraction)))
+        train_t += [(si,) + tr for tr in select_triplets(store, data_cfg.frame_offset, data_cfg.max_gap_s,
+                                                         data_cfg.min_motion, (0, cut))]
+        if not val_stores:
+            val_t += [(si,) + tr for tr in select_triplets(store, data_cfg.frame_offset, data_cfg.max_gap_s,
+                                                           data_cfg.min_motion, (cut, len(store)))]
+    all_stores = stores + val_stores
+    for vi, store in enumerate(val_stores):
+        val_t += [(len(stores) + vi,) + tr for tr in select_triplets(store, data_cfg.frame_offset,
+                                                                       data_cfg.max_gap_s, data_cfg.min_motion)]
+    if len(train_t) < 2:
+        total = sum(len(s) for s in stores)
+        moving = sum(int(np.sum(s.motion >= data_cfg.min_motion)) for s in stores)
+        raise BagError(f"too few moving frames to train: {total} frames, {moving} with motion >= "
+                       f"{data_cfg.min_motion}, {len(train_t)} usable triplets. Record while the camera moves, or "
+                       "lower data.min_motion / data.frame_offset, or raise data.max_gap_s")
+    train = TripletDataset(all_stores, train_t, width, height, augment=True, flip=data_cfg.flip,
+                           jitter=data_cfg.color_jitter, seed=seed)
+    val = TripletDataset(all_stores, val_t, width, height, augment=False, seed=seed)
+    return SplitData(train, val, val_stores or stores)

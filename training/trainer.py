@@ -1,0 +1,212 @@
+"""A small training loop: models + loss module + optimiser, with atomic checkpoints and exact resume.
+
+Checkpoint (our single-file format, ``spidepth_ros.checkpoint``) holds the preset, the resolved config,
+both networks, optimiser, scheduler, GradScaler, ``epoch``/``step_in_epoch``/``global_step`` and the torch
+RNG state. Data order and augmentation are functions of ``(seed, epoch, index)``, so resuming replays the
+same batches: the next step after resume has the same loss as without the interruption.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from spidepth_ros.checkpoint import LoadedWeights, load_weights, safe_torch_load, save_checkpoint
+from spidepth_ros.models import build_depth_net, build_pose_net
+from spidepth_ros.presets import ModelPreset, get_preset
+
+from .config import TrainConfig, save_config
+from .losses import LossWeights, SelfSupervisedLoss
+from .warping import pose_from_axis_angle
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Initialise torch.distributed when launched by torchrun (gloo on CPU, NCCL on CUDA)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, dist_info: Optional[DistInfo] = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist_info is not None and dist_info.world_size > 1:
+        name = f"cuda:{dist_info.local_rank}"
+    return torch.device(name)
+
+
+def epoch_order(n: int, seed: int, epoch: int, dist_info: DistInfo) -> list[int]:
+    """Deterministic shuffled indices for this rank (padded so every rank gets the same count)."""
+    perm = np.random.default_rng([seed, epoch, 12345]).permutation(n).tolist()
+    per_rank = math.ceil(n / dist_info.world_size)
+    perm += perm[:per_rank * dist_info.world_size - n]
+    return perm[dist_info.rank::dist_info.world_size]
+
+
+def build_models(cfg: TrainConfig) -> tuple[ModelPreset, nn.Module, nn.Module, Optional[LoadedWeights]]:
+    init = cfg.model.init
+    if init and init != "scratch":
+        weights = load_weights(init)
+        depth_net, pose_net = weights.build(with_pose=True)
+        if pose_net is None:
+            pose_net = build_pose_net(weights.preset, cfg.model.pose_backbone_weights or None)
+        return weights.preset, depth_net, pose_net, weights
+    preset = get_preset(cfg.model.preset)
+    return (preset, build_depth_net(preset, cfg.model.backbone_weights or None),
+            build_pose_net(preset, cfg.model.pose_backbone_weights or None), None)
+
+
+class Trainer:
+    """Owns the models, optimiser and the step; hooks (logging, validation) are passed in as callables."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo = DistInfo()) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.dist = dist_info
+        self.preset, depth_net, pose_net, _ = build_models(cfg)
+        self.depth_net = depth_net.to(device).train()
+        self.pose_net = pose_net.to(device).train()
+        self.loss_fn = SelfSupervisedLoss(LossWeights(cfg.loss.ssim_alpha, cfg.loss.ssim_window, cfg.loss.smoothness,
+                                                      cfg.loss.automask))
+        o = cfg.optim
+        groups = [
+            {"params": list(self.depth_net.encoder.parameters()), "lr": o.lr * o.encoder_lr_factor},
+            {"params": list(self.depth_net.depth_decoder.parameters()) + list(self.pose_net.parameters()),
+             "lr": o.lr},
+        ]
+        opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(o.optimizer)
+        if opt_cls is None:
+            raise ValueError(f"optim.optimizer must be adam or adamw, not {o.optimizer!r}")
+        self.optimizer = opt_cls(groups, lr=o.lr, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, o.step_size, o.gamma)
+        self.use_amp = o.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self._ddp_depth = self._ddp_pose = None
+        if dist_info.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            self._ddp_depth = DDP(self.depth_net, device_ids=ids)
+            self._ddp_pose = DDP(self.pose_net, device_ids=ids)
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def predict_depth(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> depth ``[B, 1, H, W]`` (network output upsampled x2, align_corners=False)."""
+        net = self._ddp_depth or self.depth_net
+        depth = net(images)
+        return F.interpolate(depth, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def compute_loss(self, batch: dict) -> dict:
+        b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        pose = self._ddp_pose or self.pose_net
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            depth = self.predict_depth(b["target_aug"])
+            # pairs always in temporal order; the previous frame's pose is inverted (reference section 3)
+            aa_p, t_p = pose(torch.cat([b["prev_aug"], b["target_aug"]], 1))
+            aa_n, t_n = pose(torch.cat([b["target_aug"], b["next_aug"]], 1))
+        transforms = [pose_from_axis_angle(aa_p.float(), t_p.float(), invert=True),
+                      pose_from_axis_angle(aa_n.float(), t_n.float(), invert=False)]
+        out = self.loss_fn(depth.float(), b["target"], [b["prev"], b["next"]], transforms, b["K"], b["inv_K"])
+        out["depth"] = depth.detach()
+        return out
+
+    def train_step(self, batch: dict) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.compute_loss(batch)
+        self.scaler.scale(out["loss"]).backward()
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = list(self.depth_net.parameters()) + list(self.pose_net.parameters())
+            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).detach()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.global_step += 1
+        self.step_in_epoch += 1
+        return out
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        if not self.dist.is_main:
+            return
+        save_checkpoint(path, self.preset, self.depth_net, self.pose_net, config=self.cfg.to_dict(),
+                        optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                        scaler=self.scaler.state_dict(), epoch=self.epoch, step_in_epoch=self.step_in_epoch,
+                        global_step=self.global_step, torch_rng=torch.get_rng_state())
+        save_config(self.cfg, path.parent / "config.yaml")
+
+    def load(self, path: Path) -> None:
+        """Resume everything a checkpoint holds (models, optimiser, scheduler, counters, RNG)."""
+        data = safe_torch_load(path)
+        weights = load_weights(path)
+        if weights.preset.name != self.preset.name:
+            raise ValueError(f"{path} was trained with preset {weights.preset.name}, this run uses "
+                             f"{self.preset.name}")
+        self.depth_net.load_state_dict(weights.depth_state_dict(), strict=True)
+        self.pose_net.load_state_dict(weights.pose, strict=True)
+        for key in ("optimizer", "scheduler", "scaler"):
+            if key not in data:
+                raise ValueError(f"{path} has no {key} state: it is a model file, not a training checkpoint "
+                                 "(use model.init to fine-tune from it instead)")
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.scheduler.load_state_dict(data["scheduler"])
+        self.scaler.load_state_dict(data["scaler"])
+        self.epoch, self.step_in_epoch, self.global_step = data["epoch"], data["step_in_epoch"], data["global_step"]
+        torch.set_rng_state(data["torch_rng"])
+
+    # -- loop ------------------------------------------------------------------------------------------
+    def fit(self, train_set, out_dir: Path, on_log: Callable[[int, dict], None] = lambda s, o: None,
+            on_epoch_end: Callable[[int], None] = lambda e: None, progress: bool = True) -> None:
+        from torch.utils.data import DataLoader, Subset
+        from tqdm import tqdm
+
+        o = self.cfg.optim
+        while self.epoch < o.epochs:
+            train_set.set_epoch(self.epoch)
+            order = epoch_order(len(train_set), self.cfg.seed, self.epoch, self.dist)
+            steps = len(order) // o.batch_size
+            start = self.step_in_epoch
+            subset = Subset(train_set, order[start * o.batch_size: steps * o.batch_size])
+            loader = DataLoader(subset, batch_size=o.batch_size, shuffle=False, drop_last=True,
+                                num_workers=self.cfg.data.workers, persistent_workers=False)
+            bar = tqdm(loader, total=steps - start, disable=not (progress and self.dist.is_main),
+                       desc=f"epoch {self.epoch + 1}/{o.epochs}", unit="step")
+            for batch in bar:
+                out = self.train_step(batch)
+                bar.set_postfix(loss=f"{float(out['loss']):.4f}")
+                if self.global_step % self.cfg.log_every == 0:
+                    on_log(self.global_step, out)
+                if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
+                    self.save(out_dir / "last.pt")
+                if o.max_steps and self.global_step >= o.max_steps:
+                    self.save(out_dir / "last.pt")
+                    return
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.scheduler.step()
+            self.save(out_dir / "last.pt")
+            on_epoch_end(self.epoch)

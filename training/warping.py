@@ -1,0 +1,75 @@
+"""View-synthesis geometry in torch (batch and size taken from the inputs, nothing baked in).
+
+Same conventions as :mod:`spidepth_ros.geometry` (optical frame, integer pixel centres, ``T`` maps points
+from the target camera into the source camera); a parity test checks both agree.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
+    """Rodrigues. ``[B, 3]`` (or ``[B, 1, 1, 3]``) radians -> ``[B, 3, 3]``."""
+    v = axis_angle.reshape(-1, 3)
+    theta = torch.linalg.norm(v, dim=1, keepdim=True)
+    a = v / (theta + 1e-7)
+    zero = torch.zeros_like(a[:, 0])
+    ax = torch.stack([zero, -a[:, 2], a[:, 1], a[:, 2], zero, -a[:, 0], -a[:, 1], a[:, 0], zero], 1).view(-1, 3, 3)
+    cos = torch.cos(theta)[..., None]
+    sin = torch.sin(theta)[..., None]
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand_as(ax)
+    return cos * eye + sin * ax + (1 - cos) * (a[:, :, None] * a[:, None, :])
+
+
+def pose_from_axis_angle(axis_angle: torch.Tensor, translation: torch.Tensor, invert: bool = False) -> torch.Tensor:
+    """PoseNet outputs -> ``[B, 4, 4]`` ``cam_T_cam`` (``invert=True`` for the previous frame's pair)."""
+    r = axis_angle_to_matrix(axis_angle)
+    t = translation.reshape(-1, 3, 1)
+    m = torch.zeros(r.shape[0], 4, 4, dtype=r.dtype, device=r.device)
+    m[:, 3, 3] = 1
+    if invert:
+        rt = r.transpose(1, 2)
+        m[:, :3, :3] = rt
+        m[:, :3, 3:] = -rt @ t
+    else:
+        m[:, :3, :3] = r
+        m[:, :3, 3:] = t
+    return m
+
+
+def pixel_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[3, H*W]`` homogeneous integer pixel coordinates (u, v, 1), row-major ('ij' over rows, cols)."""
+    v, u = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),
+                          torch.arange(width, dtype=dtype, device=device), indexing="ij")
+    return torch.stack([u.reshape(-1), v.reshape(-1), torch.ones_like(u).reshape(-1)], 0)
+
+
+def backproject(depth: torch.Tensor, inv_k: torch.Tensor) -> torch.Tensor:
+    """Depth ``[B, 1, H, W]`` + ``inv_K`` ``[B, 3, 3]`` (or 4x4) -> points ``[B, 3, H*W]`` (optical frame)."""
+    b, _, h, w = depth.shape
+    rays = inv_k[:, :3, :3] @ pixel_grid(h, w, depth.dtype, depth.device)
+    return rays * depth.reshape(b, 1, -1)
+
+
+def project(points: torch.Tensor, k: torch.Tensor, t: torch.Tensor, height: int, width: int,
+            eps: float = 1e-7) -> torch.Tensor:
+    """Points ``[B, 3, N]`` in the target camera -> ``grid_sample`` grid ``[B, H, W, 2]`` in the source image.
+
+    ``t`` ``[B, 4, 4]`` maps target to source; ``k`` ``[B, 3, 3]`` (or 4x4) is in pixels.
+    Normalisation ``2 u / (W - 1) - 1`` pairs with ``align_corners=True`` (the upstream choice).
+    """
+    cam = t[:, :3, :3] @ points + t[:, :3, 3:]
+    pix = k[:, :3, :3] @ cam
+    uv = pix[:, :2] / (pix[:, 2:3] + eps)
+    u = uv[:, 0] / (width - 1) * 2 - 1
+    v = uv[:, 1] / (height - 1) * 2 - 1
+    return torch.stack([u, v], -1).view(-1, height, width, 2)
+
+
+def warp(source: torch.Tensor, depth: torch.Tensor, k: torch.Tensor, inv_k: torch.Tensor,
+         t: torch.Tensor) -> torch.Tensor:
+    """Synthesise the target view from ``source`` ``[B, C, H, W]`` given target depth and ``T`` (target->source)."""
+    h, w = depth.shape[-2:]
+    grid = project(backproject(depth, inv_k), k, t, h, w)
+    return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
