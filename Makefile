@@ -38,3 +38,13 @@ bench: setup
 
 clean:
 	rm -rf demo_output build install log .pytest_cache
+
+# Re-create the demo weights from scratch (about 45 minutes on 2 CPU cores); see docs/demo_weights.md.
+SYNTH_FRAMES ?= 250
+demo-data: setup
+	@for s in 1 2 3 4; do test -d data/synth_train_$$s || $(VENV)/bin/spidepth-synth data/synth_train_$$s --seed $$s --frames $(SYNTH_FRAMES); done
+	@test -d data/synth_val_100 || $(VENV)/bin/spidepth-synth data/synth_val_100 --seed 100 --frames 120
+
+demo-weights: demo-data
+	$(VENV)/bin/spidepth-train --config config/demo_train.yaml
+	$(VPY) -m spidepth_ros.tools.package_demo_weights runs/demo/best.pt models/demo_small.pt

@@ -1,2 +1,50 @@
+"""ament_python package spidepth_ros. The top-level training/ folder is installed as spidepth_ros.training."""
+from glob import glob
+import os
+
 from setuptools import setup
-setup()
+
+PACKAGE = "spidepth_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=[PACKAGE, f"{PACKAGE}.models", f"{PACKAGE}.runtime", f"{PACKAGE}.ros", f"{PACKAGE}.training"],
+    package_dir={PACKAGE: PACKAGE, f"{PACKAGE}.training": "training"},
+    package_data={PACKAGE: ["py.typed"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (os.path.join("share", PACKAGE, "launch"), glob("launch/*.launch.py")),
+        (os.path.join("share", PACKAGE, "config"), glob("config/*.yaml") + glob("config/*.rviz")),
+        (os.path.join("share", PACKAGE, "models"), glob("models/*.onnx") + glob("models/*.json")),
+    ],
+    install_requires=["setuptools", "numpy", "PyYAML", "tqdm"],
+    extras_require={
+        "test": ["pytest"],
+        "torch": ["torch", "torchvision", "timm>=1.0.9"],
+        "onnx": ["onnx", "onnxruntime"],
+        "train": ["torch", "torchvision", "timm>=1.0.9", "rosbags>=0.10", "tensorboard", "opencv-python-headless"],
+    },
+    zip_safe=True,
+    maintainer="spidepth_ros maintainers",
+    maintainer_email="spidepth-ros@users.noreply.github.com",
+    description="SPIdepth self-supervised monocular depth for ROS 2: TensorRT/ONNX Runtime node, point clouds, "
+                "and training on rosbag2 recordings.",
+    license="MIT",
+    entry_points={
+        "console_scripts": [
+            "depth_node = spidepth_ros.ros.depth_node:main",
+            "spidepth-infer = spidepth_ros.infer_cli:main",
+            "spidepth-export = spidepth_ros.export:main",
+            "spidepth-train = spidepth_ros.training.cli:main",
+            "spidepth-eval = spidepth_ros.training.evaluate:main",
+            "spidepth-synth = spidepth_ros.synth:main",
+            "spidepth-demo = spidepth_ros.demo:main",
+            # underscore aliases so `ros2 run spidepth_ros spidepth_train` style names work too
+            "spidepth_train = spidepth_ros.training.cli:main",
+            "spidepth_eval = spidepth_ros.training.evaluate:main",
+            "spidepth_export = spidepth_ros.export:main",
+        ],
+    },
+)

@@ -124,7 +124,11 @@ class Scene:
             best_t = np.where(hit, t_ground, best_t)
         # boxes (slab method)
         inv = 1.0 / np.where(np.abs(directions) < 1e-12, 1e-12, directions)
+        forward = directions.mean(axis=0)
         for box, tex in zip(self.boxes, self.box_textures):
+            corners = np.array([[box[i], box[1 + j], box[2 + k]] for i in (0, 3) for j in (0, 3) for k in (0, 3)])
+            if np.all((corners - origin) @ forward <= 0):     # entirely behind the camera
+                continue
             t1 = (box[:3] - origin) * inv
             t2 = (box[3:] - origin) * inv
             tmin = np.minimum(t1, t2)

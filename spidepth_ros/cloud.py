@@ -1,0 +1,92 @@
+"""Organized point clouds in depth_image_proc's exact byte layout (numpy; no rclpy).
+
+* xyz:    fields x, y, z FLOAT32 at offsets 0, 4, 8; ``point_step`` 16 (4 bytes padding).
+* xyzrgb: plus ``rgb`` FLOAT32 at offset 16 whose bytes are the little-endian uint32 ``0x00RRGGBB``;
+  ``point_step`` 32.
+Organized: ``height x width`` of the (strided) depth image, ``row_step = width * point_step``,
+``is_dense = False``, invalid pixels -> NaN x, y, z. Points are in the camera optical frame (metres).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .geometry import PinholeIntrinsics, pixel_rays
+
+FLOAT32 = 7          # sensor_msgs/PointField.FLOAT32
+XYZ_POINT_STEP = 16
+XYZRGB_POINT_STEP = 32
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    offset: int
+    datatype: int = FLOAT32
+    count: int = 1
+
+
+def cloud_fields(with_rgb: bool) -> list[FieldSpec]:
+    fields = [FieldSpec("x", 0), FieldSpec("y", 4), FieldSpec("z", 8)]
+    if with_rgb:
+        fields.append(FieldSpec("rgb", 16))
+    return fields
+
+
+@dataclass
+class CloudBuffer:
+    height: int
+    width: int
+    point_step: int
+    fields: list[FieldSpec]
+    data: np.ndarray          # [height, width, point_step // 4] float32 (C-contiguous)
+
+    @property
+    def row_step(self) -> int:
+        return self.width * self.point_step
+
+    def tobytes(self) -> bytes:
+        return self.data.tobytes()
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` uint8 RGB -> ``[...]`` uint32 ``0x00RRGGBB`` (PCL's packed rgb)."""
+    c = rgb.astype(np.uint32)
+    return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+
+
+class CloudBuilder:
+    """Reusable builder: caches the ray grid for one (intrinsics, stride) and its output buffer."""
+
+    def __init__(self) -> None:
+        self._key: Optional[tuple] = None
+        self._rays: Optional[tuple[np.ndarray, np.ndarray]] = None
+
+    def build(self, depth: np.ndarray, intr: PinholeIntrinsics, stride: int = 1,
+              rgb: Optional[np.ndarray] = None) -> CloudBuffer:
+        """Depth ``[H, W]`` metres (NaN invalid; must match ``intr`` size) -> organized cloud of the pixels
+        ``[::stride, ::stride]``. ``rgb`` ``[H, W, 3]`` uint8 (same size) adds the packed colour field."""
+        if depth.shape != (intr.height, intr.width):
+            raise ValueError(f"depth is {depth.shape[1]}x{depth.shape[0]} but intrinsics are for "
+                             f"{intr.width}x{intr.height}")
+        key = (intr, stride)
+        if key != self._key:
+            self._rays = tuple(np.ascontiguousarray(r) for r in pixel_rays(intr, stride))
+            self._key = key
+        rx, ry = self._rays
+        d = depth[::stride, ::stride]
+        h, w = d.shape
+        with_rgb = rgb is not None
+        step = XYZRGB_POINT_STEP if with_rgb else XYZ_POINT_STEP
+        out = np.zeros((h, w, step // 4), np.float32)
+        np.multiply(rx, d, out=out[..., 0])
+        np.multiply(ry, d, out=out[..., 1])
+        out[..., 2] = d
+        if with_rgb:
+            if rgb.shape[:2] != depth.shape:
+                raise ValueError(f"colour image {rgb.shape[1]}x{rgb.shape[0]} does not match depth "
+                                 f"{depth.shape[1]}x{depth.shape[0]}")
+            out[..., 4].view(np.uint32)[...] = pack_rgb(rgb[::stride, ::stride])
+        return CloudBuffer(h, w, step, cloud_fields(with_rgb), out)

@@ -1,0 +1,59 @@
+"""rclpy message <-> numpy conversions (thin: the formats live in :mod:`spidepth_ros.encodings`).
+
+Outputs are built with ``data`` passed to the constructor as bytes/array: assigning large buffers to
+``msg.data`` element-wise is what makes rclpy slow (ros2/common_interfaces#177).
+"""
+from __future__ import annotations
+
+import array
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+
+from ..cloud import CloudBuffer
+from ..encodings import decode_color_image, decode_compressed, encode_image
+from ..geometry import PinholeIntrinsics
+
+
+def rgb_from_image_msg(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image (any supported colour encoding, padded rows, either endianness) -> RGB uint8."""
+    return decode_color_image(msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step, msg.data)
+
+
+def rgb_from_compressed_msg(msg: CompressedImage) -> np.ndarray:
+    return decode_compressed(msg.format, msg.data)
+
+
+def _bytes_field(data: bytes) -> array.array:
+    buf = array.array("B")
+    buf.frombytes(data)
+    return buf
+
+
+def image_msg(header, arr: np.ndarray, encoding: str) -> Image:
+    h, w, enc, big, step, data = encode_image(arr, encoding)
+    return Image(header=header, height=h, width=w, encoding=enc, is_bigendian=big, step=step,
+                 data=_bytes_field(data))
+
+
+def intrinsics_from_camera_info(msg: CameraInfo) -> PinholeIntrinsics:
+    """Pinhole model from P (as image_geometry does); K if P is unset."""
+    p = list(msg.p)
+    source = p if len(p) == 12 and p[0] > 0 else list(msg.k)
+    return PinholeIntrinsics.from_projection(source, msg.width, msg.height)
+
+
+def camera_info_msg(header, intr: PinholeIntrinsics) -> CameraInfo:
+    """CameraInfo of a rectified depth image: K = P[:3,:3], D = 0, R = I, no binning/ROI."""
+    k = intr.matrix()
+    p = np.zeros((3, 4))
+    p[:3, :3] = k
+    return CameraInfo(header=header, height=intr.height, width=intr.width, distortion_model="plumb_bob",
+                      d=[0.0] * 5, k=k.ravel().tolist(), r=np.eye(3).ravel().tolist(), p=p.ravel().tolist())
+
+
+def cloud_msg(header, cloud: CloudBuffer) -> PointCloud2:
+    fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in cloud.fields]
+    return PointCloud2(header=header, height=cloud.height, width=cloud.width, fields=fields, is_bigendian=False,
+                       point_step=cloud.point_step, row_step=cloud.row_step, is_dense=False,
+                       data=_bytes_field(cloud.tobytes()))
