@@ -47,4 +47,4 @@ demo-data: setup
 
 demo-weights: demo-data
 	$(VENV)/bin/spidepth-train --config config/demo_train.yaml
-	$(VPY) -m spidepth_ros.tools.package_demo_weights runs/demo/best.pt models/demo_small.pt
+	$(VPY) -m spidepth_ros.tools.package_demo_weights runs/demo/best.pt models/demo_small.pt --scale-from-bag data/synth_val_100
