@@ -1,0 +1,62 @@
+"""PointCloud2 building: depth_image_proc layout, formula, strides; sensor_msgs_py as oracle where present."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spidepth_ros.cloud import CloudBuilder, pack_rgb
+from spidepth_ros.geometry import PinholeIntrinsics
+
+
+def test_layout_and_values(rng):
+    intr = PinholeIntrinsics(50.0, 60.0, 9.5, 4.5, 20, 10)
+    depth = rng.uniform(1, 10, (10, 20)).astype(np.float32)
+    depth[2, 3] = np.nan
+    rgb = (rng.random((10, 20, 3)) * 255).astype(np.uint8)
+    cloud = CloudBuilder().build(depth, intr, 1, rgb)
+    assert (cloud.point_step, cloud.row_step, cloud.height, cloud.width) == (32, 640, 10, 20)
+    assert [(f.name, f.offset, f.datatype) for f in cloud.fields] == [("x", 0, 7), ("y", 4, 7), ("z", 8, 7),
+                                                                      ("rgb", 16, 7)]
+    raw = np.frombuffer(cloud.tobytes(), np.uint8).reshape(10, 20, 32)
+    xyz = raw[..., :12].copy().view("<f4")
+    v, u = 7, 13
+    assert xyz[v, u] == pytest.approx([(u - 9.5) * depth[v, u] / 50, (v - 4.5) * depth[v, u] / 60, depth[v, u]])
+    assert np.all(np.isnan(xyz[2, 3]))
+    assert raw[v, u, 16:20].tolist() == [rgb[v, u, 2], rgb[v, u, 1], rgb[v, u, 0], 0]
+    assert not raw[..., 12:16].any() and not raw[..., 20:].any()        # padding is zero
+
+
+def test_xyz_only_and_stride(rng):
+    intr = PinholeIntrinsics(50.0, 50.0, 10.0, 5.0, 21, 11)
+    depth = rng.uniform(1, 10, (11, 21)).astype(np.float32)
+    cloud = CloudBuilder().build(depth, intr, 5)
+    assert (cloud.point_step, cloud.height, cloud.width, len(cloud.fields)) == (16, 3, 5, 3)
+    xyz = np.frombuffer(cloud.tobytes(), "<f4").reshape(3, 5, 4)
+    assert xyz[2, 4, :3] == pytest.approx([(20 - 10) * depth[10, 20] / 50, (10 - 5) * depth[10, 20] / 50,
+                                           depth[10, 20]])
+
+
+def test_pack_rgb():
+    assert pack_rgb(np.array([0x12, 0x34, 0x56], np.uint8)) == 0x123456
+
+
+def test_size_mismatch_is_refused():
+    intr = PinholeIntrinsics(50.0, 50.0, 10.0, 5.0, 20, 10)
+    with pytest.raises(ValueError, match="intrinsics are for 20x10"):
+        CloudBuilder().build(np.ones((5, 5), np.float32), intr)
+
+
+def test_matches_sensor_msgs_py(rng):
+    pc2 = pytest.importorskip("sensor_msgs_py.point_cloud2", reason="sensor_msgs_py is only in a ROS install")
+    from std_msgs.msg import Header
+
+    from spidepth_ros.ros.conversions import cloud_msg
+
+    intr = PinholeIntrinsics(50.0, 60.0, 9.5, 4.5, 20, 10)
+    depth = rng.uniform(1, 10, (10, 20)).astype(np.float32)
+    msg = cloud_msg(Header(frame_id="cam"), CloudBuilder().build(depth, intr))
+    ours = np.array(list(pc2.read_points(msg, field_names=("x", "y", "z"))).tolist(), np.float32)
+    ref = pc2.create_cloud_xyz32(Header(frame_id="cam"), ours)
+    assert ours.shape == (200, 3)
+    np.testing.assert_array_equal(ours[:, 2], depth.ravel())
+    assert ref.fields[0].offset == msg.fields[0].offset == 0
