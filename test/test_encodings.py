@@ -101,7 +101,7 @@ def test_bad_images_are_refused_with_reason(kwargs, match):
 def test_depth_units_round_trip():
     d = np.array([[0.5, np.nan, 1.2345], [0.0, 70.0, np.inf]], np.float32)
     mm = enc.metres_to_16uc1(d)
-    np.testing.assert_array_equal(mm, [[500, 0, 1234], [0, 65535, 0]])
+    np.testing.assert_array_equal(mm, [[500, 0, 1235], [0, 65535, 0]])   # float32 1.2345 is 1.23450005
     back = enc.depth_to_metres(mm, "16UC1")
     assert np.isnan(back[0, 1]) and np.isnan(back[1, 0]) and back[0, 0] == pytest.approx(0.5)
     f = enc.depth_to_metres(d, "32FC1")
