@@ -131,12 +131,12 @@ register_preset(ModelPreset(
 register_preset(ModelPreset(
     name="small_r18_96x320", encoder_type="unet", backbone="resnet18", height=96, width=320,
     patch_size=8, query_nums=32, dim_out=32, transformer_ff=256, decoder_channels=(128, 64, 32, 16),
-    out_indices=(1, 2, 3, 4), min_depth=0.1, max_depth=40.0,
-    description="Small timm ResNet-18 U-Net for CPUs and the synthetic demo (96x320, depth 0.1-40)."))
+    out_indices=(1, 2, 3, 4), min_depth=KITTI_MIN_DEPTH, max_depth=40.0,
+    description="Small timm ResNet-18 U-Net for CPUs and the synthetic demo (96x320, bins 0.001-40)."))
 register_preset(ModelPreset(
     name="small_r18_192x640", encoder_type="unet", backbone="resnet18", height=192, width=640,
     patch_size=16, query_nums=32, dim_out=32, transformer_ff=256, decoder_channels=(128, 64, 32, 16),
-    out_indices=(1, 2, 3, 4), min_depth=0.1, max_depth=80.0,
+    out_indices=(1, 2, 3, 4), min_depth=KITTI_MIN_DEPTH, max_depth=80.0,
     description="Small timm ResNet-18 U-Net at KITTI's 192x640."))
 
 

@@ -78,8 +78,11 @@ def load_frames(bag: Path, image_topic: str, info_topic: str, width: int, height
         return FrameStore(np.load(frames_path, mmap_mode="r"), np.array(meta["stamps_ns"], np.int64),
                           np.array(meta["k_normalized"]), np.array(meta["motion"], np.float32), str(bag))
     total = count_messages([bag], image_topic)
+    if total == 0 and count_messages([bag], f"{image_topic}/compressed"):
+        image_topic = f"{image_topic}/compressed"       # recorded through image_transport's compressed plugin
+        total = count_messages([bag], image_topic)
     if total == 0:
-        raise BagError(f"topic {image_topic!r} in {bag} has no messages")
+        raise BagError(f"topic {image_topic!r} (or its /compressed form) in {bag} has no messages")
     tmp_path = cache_dir / f"{key}.frames.tmp.npy"
     frames = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=(total, height, width, 3))
     stamps, motion = [], []

@@ -1,0 +1,181 @@
+"""Runtimes behind one interface: ONNX Runtime vs torch parity, sidecar contract, preprocessing geometry,
+TensorRT (where TensorRT and a GPU exist) and CUDA parity (where a GPU exists)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from spidepth_ros.geometry import PinholeIntrinsics
+from spidepth_ros.runtime import MetadataError, create_estimator, read_sidecar
+from spidepth_ros.runtime.metadata import ModelMetadata
+from spidepth_ros.runtime.onnxruntime_backend import OnnxRuntimeDepthEstimator
+from spidepth_ros.runtime.preprocess import Preprocessor, depth_to_input_resolution
+from spidepth_ros.runtime.torch_backend import TorchDepthEstimator
+
+
+def max_rel(a, b):
+    return float(np.max(np.abs(a - b) / np.abs(b)))
+
+
+def test_onnxruntime_matches_torch_small(small_checkpoint, small_onnx, rng):
+    rgb = (rng.random((120, 400, 3)) * 255).astype(np.uint8)
+    with OnnxRuntimeDepthEstimator(small_onnx) as ort_est, TorchDepthEstimator(small_checkpoint) as torch_est:
+        a, b = ort_est.infer(rgb), torch_est.infer(rgb)
+    assert a.depth.shape == (48, 160)
+    assert max_rel(a.depth, b.depth) <= 1e-4
+
+
+def test_onnxruntime_matches_torch_resnet50(tmp_path, rng):
+    from spidepth_ros.checkpoint import save_official_folder
+    from spidepth_ros.export import export_onnx
+    from spidepth_ros.models import build_depth_net
+    from spidepth_ros.presets import get_preset
+
+    torch.manual_seed(2)
+    folder = save_official_folder(tmp_path / "r50", build_depth_net(get_preset("resnet50_192x640")).eval())
+    onnx_path, meta = export_onnx(folder, tmp_path / "r50.onnx")
+    assert (meta.input_height, meta.input_width, meta.output_height, meta.output_width) == (192, 640, 96, 320)
+    x = rng.random((1, 3, 192, 640)).astype(np.float32)
+    with OnnxRuntimeDepthEstimator(onnx_path) as o, TorchDepthEstimator(folder) as t:
+        assert max_rel(o.infer_tensor(x), t.infer_tensor(x)) <= 1e-4
+
+
+def test_sidecar_round_trip_and_contents(small_onnx):
+    meta = read_sidecar(small_onnx)
+    assert meta == ModelMetadata.from_json(meta.to_json())
+    data = json.loads(small_onnx.with_name(small_onnx.name + ".json").read_text())
+    assert data["input_name"] == "image" and data["output_name"] == "depth"
+    assert (data["input_height"], data["input_width"], data["output_height"], data["output_width"]) == (96, 320, 48, 160)
+    assert data["channel_order"] == "RGB" and data["input_range"] == [0.0, 1.0]
+    assert (data["min_depth"], data["max_depth"]) == (0.001, 40.0)
+    assert len(data["checkpoint_sha256"]) == 64 and len(data["model_sha256"]) == 64
+    assert "CameraInfo P" in data["intrinsics_convention"]
+
+
+def test_model_sidecar_mismatch_is_refused(small_onnx, tmp_path):
+    copy = tmp_path / "other.onnx"
+    shutil.copy(small_onnx, copy)
+    meta = read_sidecar(small_onnx)
+    # a sidecar that claims another input size
+    from dataclasses import replace
+
+    from spidepth_ros.runtime.metadata import write_sidecar
+
+    write_sidecar(copy, replace(meta, input_height=192, input_width=640, model_sha256=""))
+    with pytest.raises(MetadataError, match="belongs to another model"):
+        OnnxRuntimeDepthEstimator(copy).start()
+    # a model replaced behind its sidecar's back
+    write_sidecar(copy, replace(meta, model_sha256="0" * 64))
+    with pytest.raises(MetadataError, match="does not match its sidecar"):
+        OnnxRuntimeDepthEstimator(copy)
+    (tmp_path / "other.onnx.json").unlink()
+    with pytest.raises(MetadataError, match="has no sidecar"):
+        OnnxRuntimeDepthEstimator(copy)
+
+
+def test_auto_backend_choice(small_checkpoint, small_onnx):
+    est = create_estimator(small_onnx)
+    assert est.name in ("onnxruntime", "tensorrt")
+    assert create_estimator(small_checkpoint).name == "torch"
+    with pytest.raises(ValueError, match="needs an .onnx"):
+        create_estimator(small_checkpoint, backend="onnxruntime")
+
+
+def test_not_started_is_an_error(small_onnx):
+    est = OnnxRuntimeDepthEstimator(small_onnx)
+    with pytest.raises(RuntimeError, match="not started"):
+        est.infer(np.zeros((96, 320, 3), np.uint8))
+    est.start()
+    est.stop()
+    assert not est.started
+
+
+def test_preprocess_center_crop_intrinsics_and_input_resolution():
+    pre = Preprocessor(320, 96, "center")
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    rgb[144:336] = 255                        # exactly the centred 640x192 band
+    prepared = pre.prepare(rgb)
+    assert prepared.tensor.shape == (1, 3, 96, 320) and float(prepared.tensor.min()) == 1.0
+    cam = PinholeIntrinsics(500.0, 500.0, 319.5, 239.5, 640, 480)
+    out = pre.output_intrinsics(cam, 160, 48)
+    assert (out.fx, out.cx, out.cy) == pytest.approx((500 * 0.25, 319.5 * 0.25, (239.5 - 144) * 0.25))
+    depth = np.full((48, 160), 3.0, np.float32)
+    full = depth_to_input_resolution(depth, prepared)
+    assert full.shape == (480, 640) and np.isnan(full[0, 0]) and full[240, 320] == 3.0
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+
+
+@requires_cuda
+def test_torch_cuda_matches_cpu(small_checkpoint, rng):
+    x = rng.random((1, 3, 96, 320)).astype(np.float32)
+    with TorchDepthEstimator(small_checkpoint, "cpu") as cpu, TorchDepthEstimator(small_checkpoint, "cuda") as gpu:
+        assert max_rel(gpu.infer_tensor(x), cpu.infer_tensor(x)) <= 1e-3
+    with TorchDepthEstimator(small_checkpoint, "cuda", half=True) as half, \
+            TorchDepthEstimator(small_checkpoint, "cpu") as cpu:
+        assert max_rel(half.infer_tensor(x), cpu.infer_tensor(x)) <= 2e-2
+
+
+def _have_tensorrt() -> bool:
+    try:
+        from spidepth_ros.runtime.tensorrt_backend import gpu_identity, import_tensorrt
+
+        import_tensorrt()
+        gpu_identity()
+        return True
+    except Exception:
+        return False
+
+
+requires_tensorrt = pytest.mark.skipif(not _have_tensorrt(), reason="TensorRT and a CUDA GPU are needed")
+
+
+@requires_tensorrt
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-3), ("fp16", 3e-2)])
+def test_tensorrt_engine_build_cache_and_parity(small_checkpoint, tmp_path, precision, tol, rng):
+    from spidepth_ros.export import export_onnx
+    from spidepth_ros.runtime.tensorrt_backend import TensorRTDepthEstimator, engine_for_onnx
+
+    onnx_path, _ = export_onnx(small_checkpoint, tmp_path / "m.onnx")
+    export_onnx(small_checkpoint, tmp_path / "m.fp16.onnx", fp16=True)
+    engine = engine_for_onnx(onnx_path, precision, tmp_path / "cache")
+    mtime = engine.stat().st_mtime_ns
+    assert engine_for_onnx(onnx_path, precision, tmp_path / "cache") == engine     # cache hit
+    assert engine.stat().st_mtime_ns == mtime
+    key = read_sidecar(engine).extra["engine_key"]
+    assert key["precision"] == precision and key["input_height"] == 96 and key["gpu_name"]
+    x = rng.random((1, 3, 96, 320)).astype(np.float32)
+    with TensorRTDepthEstimator(engine) as trt_est, OnnxRuntimeDepthEstimator(onnx_path) as ort_est:
+        assert max_rel(trt_est.infer_tensor(x), ort_est.infer_tensor(x)) <= tol
+
+
+@requires_tensorrt
+def test_foreign_engine_is_refused(small_checkpoint, tmp_path):
+    from dataclasses import replace
+
+    from spidepth_ros.export import export_onnx
+    from spidepth_ros.runtime.metadata import write_sidecar
+    from spidepth_ros.runtime.tensorrt_backend import TensorRTDepthEstimator, engine_for_onnx
+
+    onnx_path, _ = export_onnx(small_checkpoint, tmp_path / "m.onnx")
+    engine = engine_for_onnx(onnx_path, "fp32", tmp_path)
+    meta = read_sidecar(engine)
+    key = dict(meta.extra["engine_key"], tensorrt_version="9.0.0")
+    write_sidecar(engine, replace(meta, extra={**meta.extra, "engine_key": key}))
+    with pytest.raises(MetadataError, match="not portable"):
+        TensorRTDepthEstimator(engine)
+
+
+def test_tensorrt_missing_is_a_clear_error(small_onnx):
+    if _have_tensorrt():
+        pytest.skip("TensorRT is available here")
+    from spidepth_ros.runtime import BackendUnavailable
+    from spidepth_ros.runtime.tensorrt_backend import TensorRTDepthEstimator
+
+    with pytest.raises(BackendUnavailable, match="use backend onnxruntime|needs one"):
+        TensorRTDepthEstimator(small_onnx)

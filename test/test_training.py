@@ -1,0 +1,315 @@
+"""Training: geometry and losses against hand computations, bags in both storages, real short training runs,
+exact resume, torchrun on the CPU, evaluation, and the errors users hit first."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spidepth_ros.bagio import BagError, BagWriter, iter_images
+from spidepth_ros.geometry import PinholeIntrinsics
+from spidepth_ros.metrics import EvalSettings
+from spidepth_ros.synth import SynthConfig, render_sequence, write_bag
+from spidepth_ros.training import losses, warping
+from spidepth_ros.training.config import TrainConfig, load_config, save_config
+from spidepth_ros.training.data import load_frames, select_triplets
+from spidepth_ros.training.evaluate import evaluate_bags
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------- geometry/losses
+def test_ssim_of_identical_images_is_one(rng):
+    x = torch.from_numpy(rng.random((2, 3, 20, 30)).astype(np.float32))
+    assert float(losses.ssim_dissimilarity(x, x).max()) < 1e-6          # (1 - SSIM)/2 = 0  <=>  SSIM = 1
+    assert float(losses.photometric_error(x, x).max()) < 1e-6
+    y = x.clone()
+    y[:, :, 10:] = 1 - y[:, :, 10:]
+    assert float(losses.ssim_dissimilarity(x, y).mean()) > 0.1
+
+
+def test_identity_pose_gives_zero_warp_error(rng):
+    img = torch.from_numpy(rng.random((1, 3, 24, 32)).astype(np.float32))
+    depth = torch.from_numpy(rng.uniform(1, 20, (1, 1, 24, 32)).astype(np.float32))
+    k = torch.tensor([[30.0, 0, 15.5, 0], [0, 30.0, 11.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]])[None]
+    warped = warping.warp(img, depth, k, torch.linalg.inv(k), torch.eye(4)[None])
+    torch.testing.assert_close(warped, img, atol=1e-5, rtol=0)
+
+
+def test_known_translation_moves_pixels_by_the_formula():
+    h, w, fx, z, tx = 20, 40, 50.0, 10.0, 0.8
+    k = torch.tensor([[fx, 0, 19.5, 0], [0, fx, 9.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]])[None]
+    t = torch.eye(4)[None].clone()
+    t[0, 0, 3] = tx                                    # target -> source: x' = x + tx
+    pts = warping.backproject(torch.full((1, 1, h, w), z), torch.linalg.inv(k))
+    grid = warping.project(pts, k, t, h, w)
+    u_src = (grid[0, ..., 0] + 1) / 2 * (w - 1)
+    u = torch.arange(w, dtype=torch.float32)[None].expand(h, w)
+    torch.testing.assert_close(u_src, u + fx * tx / z, atol=1e-4, rtol=0)     # shift = fx * tx / Z = 4 px
+    v_src = (grid[0, ..., 1] + 1) / 2 * (h - 1)
+    torch.testing.assert_close(v_src, torch.arange(h, dtype=torch.float32)[:, None].expand(h, w), atol=1e-4, rtol=0)
+
+
+def test_true_depth_and_pose_explain_a_real_synthetic_pair():
+    """Warping frame t+1 with the renderer's ground-truth depth and pose reproduces frame t."""
+    cfg = SynthConfig(frames=2, seed=5, width=160, height=48, num_boxes=40)
+    f0, f1 = list(render_sequence(cfg))
+    t_src_from_tgt = np.linalg.inv(f1.world_T_cam) @ f0.world_T_cam
+    k = torch.from_numpy(np.pad(cfg.intrinsics.matrix(), ((0, 1), (0, 1)))).float()[None]
+    k[0, 3, 3] = 1
+    target = torch.from_numpy(f0.rgb).permute(2, 0, 1)[None].float() / 255
+    source = torch.from_numpy(f1.rgb).permute(2, 0, 1)[None].float() / 255
+    depth = torch.from_numpy(f0.depth)[None, None]
+    t = torch.from_numpy(t_src_from_tgt).float()[None]
+
+    def error(d):
+        return float(losses.photometric_error(warping.warp(source, d, k, torch.linalg.inv(k), t), target).mean())
+
+    err_good = error(depth)
+    # the true geometry explains the pair better than a wrong scale either way, and far better than no motion
+    assert err_good < error(depth * 2) and err_good < error(depth * 0.5)
+    assert err_good < 0.3 * float(losses.photometric_error(source, target).mean())
+
+
+def test_smoothness_zero_for_constant_depth_and_min_reprojection():
+    img = torch.rand(1, 3, 10, 10)
+    assert float(losses.edge_aware_smoothness(torch.full((1, 1, 10, 10), 4.0), img)) == 0.0
+    loss = losses.SelfSupervisedLoss(losses.LossWeights(automask=True))
+    k = torch.tensor([[10.0, 0, 4.5, 0], [0, 10.0, 4.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]])[None]
+    out = loss(torch.ones(1, 1, 10, 10), img, [img, torch.rand(1, 3, 10, 10)], [torch.eye(4)[None]] * 2, k,
+               torch.linalg.inv(k))
+    # the first source is identical to the target: the per-pixel minimum is ~0 everywhere
+    assert float(out["photometric"]) < 1e-4
+
+
+# --------------------------------------------------------------------------------------------------------- bags
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bags")
+    out = {}
+    for name, storage, compressed, seed in (("train_mcap", "mcap", False, 1), ("train_sqlite", "sqlite3", True, 2),
+                                             ("val", "mcap", False, 3)):
+        out[name] = write_bag(SynthConfig(frames=24, seed=seed), root / name, storage, compressed, progress=False)
+    return out
+
+
+def test_bags_read_back_in_both_storages(bags):
+    cfg = SynthConfig(frames=24, seed=2)
+    expected = list(render_sequence(cfg))
+    got = list(iter_images([bags["train_sqlite"]], "/camera/image_raw/compressed"))
+    assert len(got) == 24 and got[3][0] == expected[3].stamp_ns
+    np.testing.assert_array_equal(got[3][1], expected[3].rgb)           # png is lossless
+    raw = list(iter_images([bags["train_mcap"]], "/camera/image_raw"))
+    np.testing.assert_array_equal(raw[5][1], list(render_sequence(SynthConfig(frames=24, seed=1)))[5].rgb)
+    depth = list(iter_images([bags["train_mcap"]], "/camera/depth", depth=True))
+    assert depth[0][1].dtype == np.float32 and np.nanmax(depth[0][1]) < 40
+
+
+def test_frame_store_intrinsics_and_motion(bags, tmp_path):
+    store = load_frames(bags["train_mcap"], "/camera/image_raw", "/camera/camera_info", 320, 96, tmp_path,
+                        progress=False)
+    intr = SynthConfig().intrinsics
+    np.testing.assert_allclose(store.k_normalized[0, 0], intr.fx / intr.width)
+    np.testing.assert_allclose(store.k_normalized[1, 2], intr.cy / intr.height)
+    assert store.frames.shape == (24, 96, 320, 3) and np.all(store.motion[1:] > 0.01)
+    cached = load_frames(bags["train_mcap"], "/camera/image_raw", "/camera/camera_info", 320, 96, tmp_path,
+                         progress=False)
+    np.testing.assert_array_equal(np.asarray(cached.frames), np.asarray(store.frames))
+    triplets = select_triplets(store, 2, 0.5, 0.01)
+    assert triplets[0] == (0, 2, 4) and len(triplets) == 20
+
+
+def write_static_bag(path: Path, frames: int = 10, with_info: bool = True) -> Path:
+    rgb = next(iter(render_sequence(SynthConfig(frames=1, seed=9))))
+    with BagWriter(path, "mcap") as w:
+        for i in range(frames):
+            stamp = 1_000_000_000 + i * 100_000_000
+            w.write("/camera/image_raw", w.image_msg(stamp, "cam", rgb.rgb, "rgb8"), stamp)
+            if with_info:
+                w.write("/camera/camera_info", w.camera_info_msg(stamp, "cam", SynthConfig().intrinsics), stamp)
+    return path
+
+
+def test_clear_errors(bags, tmp_path):
+    from spidepth_ros.training.config import DataConfig
+    from spidepth_ros.training.data import build_datasets
+
+    with pytest.raises(BagError, match="does not exist"):
+        list(iter_images([tmp_path / "nope"], "/camera/image_raw"))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "metadata.yaml").write_text("rosbag2_bagfile_information: {version: 9, storage_identifier: mcap")
+    with pytest.raises(BagError, match="cannot open"):
+        list(iter_images([corrupt], "/camera/image_raw"))
+    with pytest.raises(BagError, match=r"topic '/cam/left' is not in the bag; it has: .*/camera/image_raw"):
+        list(iter_images([bags["train_mcap"]], "/cam/left"))
+    no_info = write_static_bag(tmp_path / "noinfo", with_info=False)
+    with pytest.raises(BagError, match="no intrinsics"):
+        load_frames(no_info, "/camera/image_raw", "/camera/camera_info", 320, 96, tmp_path / "c", progress=False)
+    static = write_static_bag(tmp_path / "static")
+    with pytest.raises(BagError, match="too few moving frames"):
+        build_datasets(DataConfig(bags=(str(static),)), 320, 96, tmp_path / "c2", 0, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------- training
+def make_cfg(bags, out: Path, **optim) -> TrainConfig:
+    from spidepth_ros.training.config import config_from_dict
+
+    return config_from_dict({
+        "data": {"bags": [str(bags["train_mcap"]), str(bags["train_sqlite"])], "val_bags": [str(bags["val"])],
+                 "image_topic": "/camera/image_raw", "depth_topic": "/camera/depth", "color_jitter": False},
+        "model": {"preset": "small_r18_96x320"},
+        "optim": {"batch_size": 4, "lr": 5e-4, "epochs": 1, **optim},
+        "out_dir": str(out), "seed": 0, "checkpoint_every": 3, "log_every": 1})
+
+
+def test_config_yaml_overrides_and_errors(tmp_path):
+    cfg = load_config(REPO / "config" / "train.yaml", ["optim.lr=3e-4", "data.bags=[a, b]"])
+    assert cfg.optim.lr == 3e-4 and cfg.data.bags == ("a", "b") and cfg.loss.ssim_window == 7
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    with pytest.raises(ValueError, match="unknown keys \\['lrr'\\]"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="expected a number"):
+        load_config(None, ["optim.lr=fast"])
+
+
+def _trainer_and_data(cfg, cache):
+    from spidepth_ros.training.data import build_datasets
+    from spidepth_ros.training.trainer import Trainer
+
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(cfg, torch.device("cpu"))
+    data = build_datasets(cfg.data, 320, 96, cache, cfg.seed, progress=False)
+    return trainer, data
+
+
+def _abs_rel(trainer, bag) -> float:
+    from spidepth_ros.runtime.preprocess import Preprocessor
+    from spidepth_ros.metrics import summarize
+
+    pre = Preprocessor(320, 96)
+    trainer.depth_net.eval()
+    with torch.no_grad():
+        rows = evaluate_bags(lambda rgb: trainer.depth_net(torch.from_numpy(pre.prepare(rgb).tensor))[0, 0].numpy(),
+                             [bag], "/camera/image_raw", "/camera/depth", EvalSettings(0.1, 40.0), progress=False)
+    trainer.depth_net.train()
+    return summarize(rows)["abs_rel"]
+
+
+def test_short_training_lowers_loss_and_abs_rel(bags, tmp_path):
+    from torch.utils.data import DataLoader, Subset
+
+    cfg = make_cfg(bags, tmp_path / "run")
+    trainer, data = _trainer_and_data(cfg, tmp_path / "cache")
+    fixed = Subset(data.train, list(range(0, len(data.train), 4))[:8])
+    batches = list(DataLoader(fixed, batch_size=4))
+
+    def mean_photometric():
+        trainer.depth_net.eval(), trainer.pose_net.eval()
+        with torch.no_grad():
+            v = float(np.mean([float(trainer.compute_loss(b)["photometric"]) for b in batches]))
+        trainer.depth_net.train(), trainer.pose_net.train()
+        return v
+
+    loss0, rel0 = mean_photometric(), _abs_rel(trainer, bags["train_mcap"])
+    for _ in range(12):
+        for b in batches:
+            trainer.train_step(b)
+    loss1, rel1 = mean_photometric(), _abs_rel(trainer, bags["train_mcap"])
+    assert loss1 < 0.9 * loss0
+    assert rel1 < rel0
+
+
+def test_resume_continues_with_the_same_next_step_loss(bags, tmp_path):
+    from spidepth_ros.training.trainer import Trainer
+
+    losses_full: list[float] = []
+    cfg = make_cfg(bags, tmp_path / "full", max_steps=5)
+    trainer, data = _trainer_and_data(cfg, tmp_path / "cache")
+    trainer.fit(data.train, tmp_path / "full", on_log=lambda s, o: losses_full.append(float(o["loss"])),
+                progress=False)
+    assert len(losses_full) == 5
+
+    part = make_cfg(bags, tmp_path / "part", max_steps=3)          # "interrupted" after step 3
+    t1, d1 = _trainer_and_data(part, tmp_path / "cache")
+    t1.fit(d1.train, tmp_path / "part", progress=False)
+    assert (tmp_path / "part" / "last.pt").exists() and (tmp_path / "part" / "config.yaml").exists()
+
+    resumed_cfg = make_cfg(bags, tmp_path / "part", max_steps=5)
+    torch.manual_seed(1234)                                          # resume must not depend on the fresh seed
+    t2 = Trainer(resumed_cfg, torch.device("cpu"))
+    t2.load(tmp_path / "part" / "last.pt")
+    assert (t2.global_step, t2.step_in_epoch) == (3, 3)
+    resumed: list[float] = []
+    t2.fit(d1.train, tmp_path / "part", on_log=lambda s, o: resumed.append(float(o["loss"])), progress=False)
+    assert resumed == pytest.approx(losses_full[3:], rel=1e-6, abs=1e-7)
+
+
+def test_training_cli_end_to_end_with_tensorboard(bags, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "spidepth_ros.training.cli", "--config", str(REPO / "config" / "train.yaml"),
+           "--bags", str(bags["train_mcap"]), "--val-bags", str(bags["val"]), "--out", str(out), "--no-progress",
+           "--set", "optim.epochs=1", "optim.batch_size=4", "data.depth_topic=/camera/depth", "threads=2"]
+    subprocess.run(cmd, check=True, env=env, timeout=600, capture_output=True)
+    assert (out / "last.pt").exists() and (out / "best.pt").exists() and (out / "config.yaml").exists()
+    assert any((out / "tensorboard").iterdir())
+    import json
+
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < record["val_abs_rel"] < 5 and record["val_photometric"] > 0
+
+
+def test_torchrun_two_processes_on_cpu(bags, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "spidepth_ros.training.cli",
+           "--config", str(REPO / "config" / "train.yaml"), "--bags", str(bags["train_mcap"]),
+           "--out", str(out), "--no-progress", "--set", "optim.max_steps=2", "optim.batch_size=2", "threads=1"]
+    result = subprocess.run(cmd, env=env, timeout=600, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in result.stdout
+    from spidepth_ros.checkpoint import safe_torch_load
+
+    assert safe_torch_load(out / "last.pt")["global_step"] == 2
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def test_evaluation_against_depth_topic_exact_cases(bags):
+    gt = dict(iter_images([bags["val"]], "/camera/depth", depth=True))
+    frames = list(iter_images([bags["val"]], "/camera/image_raw"))
+    lookup = {f[1].tobytes(): s for s, f in zip([s for s, _ in frames], frames)}
+
+    def perfect(rgb):
+        return gt[lookup[rgb.tobytes()]]
+
+    rows = evaluate_bags(perfect, [bags["val"]], "/camera/image_raw", "/camera/depth", EvalSettings(0.1, 40.0),
+                         progress=False)
+    assert len(rows) == 24 and max(r["abs_rel"] for r in rows) < 1e-6 and min(r["a1"] for r in rows) == 1.0
+    doubled = evaluate_bags(lambda rgb: 2 * perfect(rgb), [bags["val"]], "/camera/image_raw", "/camera/depth",
+                            EvalSettings(0.1, 80.0, median_scaling=False), progress=False)
+    assert doubled[0]["abs_rel"] == pytest.approx(1.0) and doubled[0]["a1"] == 0.0
+    scaled = evaluate_bags(lambda rgb: 2 * perfect(rgb), [bags["val"]], "/camera/image_raw", "/camera/depth",
+                           EvalSettings(0.1, 40.0), progress=False)
+    assert scaled[0]["abs_rel"] < 1e-6 and scaled[0]["scale"] == pytest.approx(0.5)
+
+
+def test_eval_cli_with_16uc1_ground_truth(tmp_path, small_onnx):
+    from spidepth_ros.encodings import metres_to_16uc1
+    from spidepth_ros.training.evaluate import main as eval_main
+
+    bag = tmp_path / "mm"
+    with BagWriter(bag, "sqlite3") as w:
+        for f in render_sequence(SynthConfig(frames=4, seed=4)):
+            w.write("/camera/image_raw", w.image_msg(f.stamp_ns, "cam", f.rgb, "rgb8"), f.stamp_ns)
+            w.write("/camera/depth", w.image_msg(f.stamp_ns, "cam", metres_to_16uc1(f.depth), "16UC1"), f.stamp_ns)
+    assert eval_main(["--model", str(small_onnx), "--bags", str(bag), "--out", str(tmp_path / "res")]) == 0
+    lines = (tmp_path / "res" / "per_frame.csv").read_text().splitlines()
+    assert lines[0].startswith("stamp_ns,abs_rel") and len(lines) == 5
