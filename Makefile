@@ -10,6 +10,8 @@ TORCH_PINS := torch==2.9.1 torchvision==0.24.1
 else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
+# pip is quiet; the local-index "is ignored" notices some machines print are filtered out
+pip_install = set -o pipefail; $(VPY) -m pip install -q $(1) 2>&1 | { grep -v "is ignored: it is neither" || true; }
 STAMP := $(VENV)/.setup-$(shell cat requirements-dev.txt setup.py | sha1sum | cut -c1-12)
 
 .PHONY: setup test demo bench lint clean colcon-check
@@ -18,14 +20,14 @@ setup: $(STAMP)
 
 $(STAMP): requirements-dev.txt setup.py
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q $(TORCH_PINS)
-	$(VPY) -m pip install -q -r requirements-dev.txt
-	$(VPY) -m pip install -q --no-deps -e .
+	$(call pip_install,--upgrade pip)
+	$(call pip_install,$(TORCH_PINS))
+	$(call pip_install,-r requirements-dev.txt)
+	$(call pip_install,--no-deps -e .)
 	@rm -f $(VENV)/.setup-*; touch $@
 
 test: setup
-	$(VPY) -m pytest -q test
+	$(VPY) -m pytest -q -p no:cacheprovider test
 
 demo: setup
 	$(VPY) -m spidepth_ros.demo --out demo_output

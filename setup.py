@@ -1,16 +1,23 @@
 """ament_python package spidepth_ros. The top-level training/ folder is installed as spidepth_ros.training."""
-from glob import glob
 import os
+from glob import glob
 
 from setuptools import setup
 
 PACKAGE = "spidepth_ros"
+SOURCE = os.path.dirname(os.path.realpath(__file__))
+
+# `colcon build --symlink-install` runs `setup.py develop` in a build folder holding symlinks to the package
+# directories it knows about; the training/ folder (mapped to spidepth_ros.training) is not among them.
+# Link it there too, so the mapping resolves (and spidepth_ros/__init__.py finds it for the develop install).
+if not os.path.exists("training") and os.path.isdir(os.path.join(SOURCE, "training")):
+    os.symlink(os.path.join(SOURCE, "training"), "training")
 
 setup(
     name=PACKAGE,
     version="0.1.0",
     packages=[PACKAGE, f"{PACKAGE}.models", f"{PACKAGE}.runtime", f"{PACKAGE}.ros", f"{PACKAGE}.training"],
-    package_dir={PACKAGE: PACKAGE, f"{PACKAGE}.training": "training"},
+    package_dir={f"{PACKAGE}.training": "training"},
     package_data={PACKAGE: ["py.typed"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

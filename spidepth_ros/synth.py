@@ -21,7 +21,7 @@ import numpy as np
 from .geometry import PinholeIntrinsics
 
 TEXTURE_SIZE = 128
-ARENA_RADIUS = 38.0          # metres: the backdrop; keeps all depths below the small preset's 40 m
+ARENA_RADIUS = 38.0          # metres: the backdrop; Z-depth stays below ~60 m (most below 40 m)
 CAMERA_HEIGHT = 1.5          # metres above the ground
 LIGHT_DIR = np.array([0.4, -0.8, 0.45]) / np.linalg.norm([0.4, -0.8, 0.45])  # towards the light (y down)
 
