@@ -248,7 +248,8 @@ def test_resume_continues_with_the_same_next_step_loss(bags, tmp_path):
     assert (t2.global_step, t2.step_in_epoch) == (3, 3)
     resumed: list[float] = []
     t2.fit(d1.train, tmp_path / "part", on_log=lambda s, o: resumed.append(float(o["loss"])), progress=False)
-    assert resumed == pytest.approx(losses_full[3:], rel=1e-6, abs=1e-7)
+    # equal up to CPU float reduction order (~1e-6); a different batch or RNG state moves it by >1e-3
+    assert resumed == pytest.approx(losses_full[3:], rel=5e-5)
 
 
 def test_training_cli_end_to_end_with_tensorboard(bags, tmp_path):
