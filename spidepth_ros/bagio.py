@@ -41,6 +41,12 @@ class CameraCalibration:
     k: np.ndarray                     # 3x3 raw K
     d: np.ndarray                     # distortion coefficients
     distortion_model: str
+    tx: float = 0.0                   # P[0, 3] = -fx * baseline for the second camera of a stereo pair
+
+    @property
+    def baseline(self) -> float:
+        """Stereo baseline in metres (positive for a right camera), from P's Tx."""
+        return -self.tx / self.intrinsics.fx if self.intrinsics.fx else 0.0
 
     @property
     def distorted(self) -> bool:
@@ -52,7 +58,8 @@ class CameraCalibration:
         k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
         source = p if p.size == 12 and p[0] > 0 else k.ravel()
         intr = PinholeIntrinsics.from_projection(source, int(msg.width), int(msg.height))
-        return cls(intr, k, np.asarray(msg.d, dtype=np.float64), str(msg.distortion_model))
+        tx = float(p[3]) if p.size == 12 else 0.0
+        return cls(intr, k, np.asarray(msg.d, dtype=np.float64), str(msg.distortion_model), tx)
 
 
 @contextmanager
@@ -182,11 +189,13 @@ class BagWriter:
             header=self.header(stamp_ns, frame_id), format=f"rgb8; {fmt} compressed bgr8", data=buf.ravel())
 
     def camera_info_msg(self, stamp_ns: int, frame_id: str, intr: PinholeIntrinsics,
-                        d: Optional[Sequence[float]] = None):
+                        d: Optional[Sequence[float]] = None, baseline: float = 0.0):
+        """CameraInfo; ``baseline`` (metres) sets P's Tx = -fx * baseline, the right camera of a stereo pair."""
         t = self.typestore.types
         k = intr.matrix()
         p = np.zeros((3, 4))
         p[:3, :3] = k
+        p[0, 3] = -intr.fx * baseline
         roi = t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
         return t["sensor_msgs/msg/CameraInfo"](
             header=self.header(stamp_ns, frame_id), height=intr.height, width=intr.width,

@@ -40,6 +40,7 @@ class SynthConfig:
     seed: int = 0
     namespace: str = "/camera"
     frame_id: str = "camera_optical_frame"
+    stereo_baseline: float = 0.0  # metres; > 0 also renders a right camera (<namespace>_right/...)
 
     @property
     def intrinsics(self) -> PinholeIntrinsics:
@@ -177,6 +178,7 @@ class SynthFrame:
     rgb: np.ndarray        # [H, W, 3] uint8
     depth: np.ndarray      # [H, W] float32 metres
     world_T_cam: np.ndarray  # 4x4
+    right_rgb: Optional[np.ndarray] = None   # [H, W, 3] uint8 of the right camera (stereo_baseline > 0)
 
 
 def render_sequence(cfg: SynthConfig) -> Iterator[SynthFrame]:
@@ -195,9 +197,15 @@ def render_sequence(cfg: SynthConfig) -> Iterator[SynthFrame]:
         # rays have unit z in the camera frame, so the ray parameter t *is* the optical-axis depth
         pose = np.eye(4)
         pose[:3, :3], pose[:3, 3] = rot, origin
-        yield SynthFrame(int(round(i * 1e9 / cfg.rate_hz)) + 1_000_000_000,
-                         (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(cfg.height, cfg.width, 3),
-                         t.astype(np.float32).reshape(cfg.height, cfg.width), pose)
+
+        def to_uint8(c):
+            return (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(cfg.height, cfg.width, 3)
+
+        right = None
+        if cfg.stereo_baseline > 0:     # same orientation, origin moved along the camera's +x
+            right = to_uint8(scene.render(origin + rot @ np.array([cfg.stereo_baseline, 0, 0]), rays_cam @ rot.T)[0])
+        yield SynthFrame(int(round(i * 1e9 / cfg.rate_hz)) + 1_000_000_000, to_uint8(rgb),
+                         t.astype(np.float32).reshape(cfg.height, cfg.width), pose, right)
 
 
 def write_bag(cfg: SynthConfig, out: Path, storage: str = "mcap", compressed: bool = False,
@@ -212,6 +220,13 @@ def write_bag(cfg: SynthConfig, out: Path, storage: str = "mcap", compressed: bo
                           unit="frame"):
             writer.write_camera_frame(cfg.namespace, cfg.frame_id, frame.stamp_ns, frame.rgb, cfg.intrinsics,
                                       depth=frame.depth, compressed=compressed)
+            if frame.right_rgb is not None:
+                ns = f"{cfg.namespace}_right"
+                writer.write(f"{ns}/image_raw", writer.image_msg(frame.stamp_ns, "camera_right_optical_frame",
+                                                                 frame.right_rgb, "rgb8"), frame.stamp_ns)
+                writer.write(f"{ns}/camera_info", writer.camera_info_msg(
+                    frame.stamp_ns, "camera_right_optical_frame", cfg.intrinsics, baseline=cfg.stereo_baseline),
+                    frame.stamp_ns)
     return out
 
 

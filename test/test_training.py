@@ -314,3 +314,43 @@ def test_eval_cli_with_16uc1_ground_truth(tmp_path, small_onnx):
     assert eval_main(["--model", str(small_onnx), "--bags", str(bag), "--out", str(tmp_path / "res")]) == 0
     lines = (tmp_path / "res" / "per_frame.csv").read_text().splitlines()
     assert lines[0].startswith("stamp_ns,abs_rel") and len(lines) == 5
+
+
+# ------------------------------------------------------------------------------------------------------- stereo
+def test_stereo_pairs_as_the_s_frame(tmp_path):
+    """A stereo bag: the baseline comes from CameraInfo Tx, the 's' frame's known transform with the true
+    depth explains the right image, and a training step uses it as a third source."""
+    from spidepth_ros.bagio import read_camera_info
+    from spidepth_ros.training.config import config_from_dict
+    from spidepth_ros.training.data import build_datasets
+    from spidepth_ros.training.trainer import Trainer
+
+    cfg_s = SynthConfig(frames=10, seed=6, stereo_baseline=0.5)
+    bag = write_bag(cfg_s, tmp_path / "stereo", progress=False)
+    calib = read_camera_info([bag], "/camera_right/camera_info")
+    assert calib.baseline == pytest.approx(0.5)
+    cfg = config_from_dict({"data": {"bags": [str(bag)], "stereo_image_topic": "/camera_right/image_raw",
+                                     "stereo_camera_info_topic": "/camera_right/camera_info", "flip": False,
+                                     "color_jitter": False, "val_fraction": 0.2},
+                            "optim": {"batch_size": 2}})
+    data = build_datasets(cfg.data, 320, 96, tmp_path / "cache", 0, progress=False)
+    item = data.train[0]
+    assert item["stereo_T"][0, 3] == pytest.approx(-0.5) and item["stereo"].shape == (3, 96, 320)
+
+    # ground-truth depth + the stereo transform reproduce the left image from the right one
+    frame = list(render_sequence(cfg_s))[int(item["index"])]
+    import cv2
+
+    gt = torch.from_numpy(cv2.resize(frame.depth, (320, 96), interpolation=cv2.INTER_NEAREST))[None, None]
+    k, inv_k = item["K"][None], item["inv_K"][None]
+    target, right = item["target"][None], item["stereo"][None]
+    good = losses.photometric_error(warping.warp(right, gt, k, inv_k, item["stereo_T"][None]), target).mean()
+    bad_t = item["stereo_T"].clone()
+    bad_t[0, 3] = 0.5                                            # wrong side
+    bad = losses.photometric_error(warping.warp(right, gt, k, inv_k, bad_t[None]), target).mean()
+    assert float(good) < 0.6 * float(bad)
+
+    trainer = Trainer(cfg, torch.device("cpu"))
+    batch = next(iter(torch.utils.data.DataLoader(data.train, batch_size=2)))
+    out = trainer.train_step(batch)
+    assert len(out["warped"]) == 3 and torch.isfinite(out["loss"])

@@ -19,6 +19,8 @@ class DataConfig:
     val_bags: tuple[str, ...] = ()             # held-out bags; empty = last val_fraction of each bag
     image_topic: str = "/camera/image_raw"     # sensor_msgs/Image or CompressedImage
     camera_info_topic: str = "/camera/camera_info"
+    stereo_image_topic: str = ""               # optional second (right) camera: the reference's 's' frame
+    stereo_camera_info_topic: str = ""         # its CameraInfo; the baseline comes from P's Tx = -fx * B
     depth_topic: str = ""                      # optional ground truth in val bags (32FC1 m / 16UC1 mm)
     intrinsics: tuple[float, ...] = ()         # fx, fy, cx, cy in pixels of the recorded image, if no CameraInfo
     frame_offset: int = 1                      # k in (t-k, t, t+k), in frames after motion filtering

@@ -9,7 +9,9 @@ the resize. Triplets are chosen by time gap and by motion: frames where the came
 Each item is a dict with string keys (documented here once):
     ``target``, ``prev``, ``next``: ``[3, H, W]`` float in [0, 1], un-augmented (used by the losses);
     ``target_aug``, ``prev_aug``, ``next_aug``: the same after colour jitter (fed to the networks);
-    ``K``, ``inv_K``: ``[4, 4]`` intrinsics in pixels of ``H x W``; ``index``: target frame index.
+    ``K``, ``inv_K``: ``[4, 4]`` intrinsics in pixels of ``H x W``; ``index``: target frame index;
+    with a stereo topic also ``stereo`` (the second camera's frame at the target stamp, un-augmented) and
+    ``stereo_T`` (``[4, 4]`` target-to-stereo transform: x translation ``-baseline``, sign flipped with the image).
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ class FrameStore:
     k_normalized: np.ndarray    # [4, 4]
     motion: np.ndarray          # [N] mean |grey difference| to the previous frame (0..1); motion[0] = 0
     source: str
+    stereo: Optional["FrameStore"] = None     # second camera of a stereo pair (the reference's 's' frame)
+    stereo_index: Optional[np.ndarray] = None  # [N] index into stereo.frames with the same stamp, -1 if none
+    baseline: float = 0.0                      # metres, + when the second camera is to the right
 
     def __len__(self) -> int:
         return len(self.stamps_ns)
@@ -188,6 +193,11 @@ class TripletDataset(Dataset):
             imgs = [np.ascontiguousarray(x[:, ::-1]) for x in imgs]
             k[0, 2] = 1.0 - k[0, 2]        # mirror the principal point (normalised)
         aug = color_jitter(imgs, rng) if self.augment and self.jitter and rng.random() < 0.5 else imgs
+        stereo = None
+        if store.stereo is not None:
+            stereo = store.stereo.frames[int(store.stereo_index[t])].astype(np.float32) / 255.0
+            if k[0, 2] != store.k_normalized[0, 2]:          # flipped above
+                stereo = np.ascontiguousarray(stereo[:, ::-1])
         k_pix = k.copy()
         k_pix[0] *= self.width
         k_pix[1] *= self.height
@@ -199,7 +209,32 @@ class TripletDataset(Dataset):
                 "prev_aug": chw(aug[0]), "target_aug": chw(aug[1]), "next_aug": chw(aug[2]),
                 "K": torch.from_numpy(k_pix.astype(np.float32)),
                 "inv_K": torch.from_numpy(np.linalg.pinv(k_pix).astype(np.float32)),
-                "index": torch.tensor(t)}
+                "index": torch.tensor(t), **({} if stereo is None else self._stereo_entries(store, stereo, k))}
+
+    def _stereo_entries(self, store: FrameStore, stereo: np.ndarray, k: np.ndarray) -> dict[str, torch.Tensor]:
+        flipped = k[0, 2] != store.k_normalized[0, 2]
+        t = np.eye(4, dtype=np.float32)
+        t[0, 3] = -store.baseline * (-1.0 if flipped else 1.0)   # a mirrored pair swaps left and right
+        return {"stereo": torch.from_numpy(np.ascontiguousarray(stereo.transpose(2, 0, 1))),
+                "stereo_T": torch.from_numpy(t)}
+
+
+def attach_stereo(store: FrameStore, bag: Path, data_cfg, width: int, height: int, cache_dir: Path,
+                  progress: bool) -> None:
+    """Load the second camera and pair its frames with the first by header stamp (exact match)."""
+    calib = read_camera_info([bag], data_cfg.stereo_camera_info_topic) if data_cfg.stereo_camera_info_topic else None
+    if calib is None or abs(calib.baseline) < 1e-6:
+        raise BagError(f"{bag}: stereo needs the second camera's CameraInfo with P[0,3] = -fx * baseline "
+                       f"(topic {data_cfg.stereo_camera_info_topic!r} missing or has no baseline)")
+    other = load_frames(bag, data_cfg.stereo_image_topic, data_cfg.stereo_camera_info_topic, width, height,
+                        cache_dir, (), progress)
+    position = {int(s): i for i, s in enumerate(other.stamps_ns)}
+    store.stereo = other
+    store.stereo_index = np.array([position.get(int(s), -1) for s in store.stamps_ns], np.int64)
+    store.baseline = calib.baseline
+    if not np.any(store.stereo_index >= 0):
+        raise BagError(f"{bag}: no frame of {data_cfg.stereo_image_topic!r} has the same stamp as "
+                       f"{data_cfg.image_topic!r}; stereo pairs must be synchronised")
 
 
 @dataclass
@@ -216,8 +251,11 @@ def build_datasets(data_cfg, width: int, height: int, cache_dir: Path, seed: int
         raise BagError("no training bags: set data.bags in the config or pass --bags")
 
     def load(bag):
-        return load_frames(Path(bag), data_cfg.image_topic, data_cfg.camera_info_topic, width, height, cache_dir,
-                           data_cfg.intrinsics, progress)
+        store = load_frames(Path(bag), data_cfg.image_topic, data_cfg.camera_info_topic, width, height, cache_dir,
+                            data_cfg.intrinsics, progress)
+        if data_cfg.stereo_image_topic:
+            attach_stereo(store, Path(bag), data_cfg, width, height, cache_dir, progress)
+        return store
 
     stores = [load(b) for b in data_cfg.bags]
     val_stores = [load(b) for b in data_cfg.val_bags]
@@ -233,6 +271,13 @@ def build_datasets(data_cfg, width: int, height: int, cache_dir: Path, seed: int
     for vi, store in enumerate(val_stores):
         val_t += [(len(stores) + vi,) + tr for tr in select_triplets(store, data_cfg.frame_offset,
                                                                        data_cfg.max_gap_s, data_cfg.min_motion)]
+
+    def has_partner(tr) -> bool:      # with stereo, keep only targets whose second camera frame exists
+        store = all_stores[tr[0]]
+        return store.stereo is None or bool(store.stereo_index[tr[2]] >= 0)
+
+    train_t = [tr for tr in train_t if has_partner(tr)]
+    val_t = [tr for tr in val_t if has_partner(tr)]
     if len(train_t) < 2:
         total = sum(len(s) for s in stores)
         moving = sum(int(np.sum(s.motion >= data_cfg.min_motion)) for s in stores)

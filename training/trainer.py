@@ -131,7 +131,11 @@ class Trainer:
             aa_n, t_n = pose(torch.cat([b["target_aug"], b["next_aug"]], 1))
         transforms = [pose_from_axis_angle(aa_p.float(), t_p.float(), invert=True),
                       pose_from_axis_angle(aa_n.float(), t_n.float(), invert=False)]
-        out = self.loss_fn(depth.float(), b["target"], [b["prev"], b["next"]], transforms, b["K"], b["inv_K"])
+        sources = [b["prev"], b["next"]]
+        if "stereo" in b:                  # the 's' frame: a known, fixed transform, no PoseNet
+            sources.append(b["stereo"])
+            transforms.append(b["stereo_T"])
+        out = self.loss_fn(depth.float(), b["target"], sources, transforms, b["K"], b["inv_K"])
         out["depth"] = depth.detach()
         return out
 
