@@ -41,12 +41,12 @@ bench: setup
 clean:
 	rm -rf demo_output build install log .pytest_cache
 
-# Re-create the demo weights from scratch (about 45 minutes on 2 CPU cores); see docs/demo_weights.md.
-SYNTH_FRAMES ?= 250
+# Re-create the demo weights from scratch (see docs/demo_weights.md for the time it took here).
+SYNTH = $(VENV)/bin/spidepth-synth
 demo-data: setup
-	@for s in 1 2 3 4; do test -d data/synth_train_$$s || $(VENV)/bin/spidepth-synth data/synth_train_$$s --seed $$s --frames $(SYNTH_FRAMES); done
-	@test -d data/synth_val_100 || $(VENV)/bin/spidepth-synth data/synth_val_100 --seed 100 --frames 120
+	@for s in 1 2 3; do test -d data/stereo_train_$$s || $(SYNTH) data/stereo_train_$$s --seed $$s --frames 200 --width 320 --height 96 --stereo-baseline 0.5; done
+	@test -d data/stereo_val_100 || $(SYNTH) data/stereo_val_100 --seed 100 --frames 60 --width 320 --height 96 --stereo-baseline 0.5
 
 demo-weights: demo-data
 	$(VENV)/bin/spidepth-train --config config/demo_train.yaml
-	$(VPY) -m spidepth_ros.tools.package_demo_weights runs/demo/best.pt models/demo_small.pt --scale-from-bag data/synth_val_100
+	$(VPY) -m spidepth_ros.tools.package_demo_weights runs/demo/best.pt models/demo_small.pt --scale-from-bag data/stereo_val_100

@@ -242,11 +242,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--rate", type=float, default=d.rate_hz, help="frames per second (stamps)")
     parser.add_argument("--speed", type=float, default=d.speed, help="camera speed, m/s")
     parser.add_argument("--boxes", type=int, default=d.num_boxes)
+    parser.add_argument("--stereo-baseline", type=float, default=0.0,
+                        help="metres; > 0 adds a right camera (<ns>_right/image_raw, camera_info with Tx)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     parser.add_argument("--compressed", action="store_true", help="write image_raw/compressed (png) instead")
     args = parser.parse_args(argv)
     cfg = SynthConfig(width=args.width, height=args.height, frames=args.frames, rate_hz=args.rate,
-                      speed=args.speed, num_boxes=args.boxes, seed=args.seed)
+                      speed=args.speed, num_boxes=args.boxes, seed=args.seed, stereo_baseline=args.stereo_baseline)
     write_bag(cfg, args.out, args.storage, args.compressed)
     print(f"wrote {args.out} ({cfg.frames} frames, seed {cfg.seed})")
     return 0

@@ -201,7 +201,7 @@ class Trainer:
                        desc=f"epoch {self.epoch + 1}/{o.epochs}", unit="step")
             for batch in bar:
                 out = self.train_step(batch)
-                bar.set_postfix(loss=f"{float(out['loss']):.4f}")
+                bar.set_postfix(loss=f"{out['loss'].item():.4f}")
                 if self.global_step % self.cfg.log_every == 0:
                     on_log(self.global_step, out)
                 if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
