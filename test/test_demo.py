@@ -40,4 +40,6 @@ def test_short_demo_pipeline(tmp_path):
         rels.append(np.mean(np.abs(g[m] - p) / g[m]))
     assert report["metrics"]["fixed_scale"]["abs_rel"] == pytest.approx(np.mean(rels), rel=1e-4)
     # the committed weights must actually know these scenes (held-out seed, never trained on)
+    # (0.107 / 0.125 on the 80-frame demo bag; a 12-frame bag is noisier, hence the margin)
+    assert report["metrics"]["fixed_scale"]["abs_rel"] < 0.2
     assert report["metrics"]["median_scaled"]["abs_rel"] < 0.25
