@@ -24,15 +24,15 @@ def full_query_layer(pixels: torch.Tensor, queries: torch.Tensor) -> tuple[torch
         queries: ``[B, Q, E]`` query embeddings.
 
     Returns:
-        energy: ``[B, Q, h, w]`` raw dot products (the self-cost volume).
+        energy: ``[B, Q, hw]`` raw dot products (the self-cost volume, pixels flattened row-major).
         summary: ``[B, Q, E]`` softmax(over pixels)-weighted mean of the pixel embeddings per query.
     """
-    b, e, h, w = pixels.shape
-    flat = pixels.flatten(2)                                   # [B, E, hw]
-    scores = torch.matmul(flat.transpose(1, 2), queries.transpose(1, 2))  # [B, hw, Q]
-    energy = scores.transpose(1, 2).reshape(b, -1, h, w)
-    weights = torch.softmax(scores, dim=1)                      # over the hw pixels
-    summary = torch.matmul(weights.transpose(1, 2), flat.transpose(1, 2))  # [B, Q, E]
+    flat = pixels.flatten(2)                                    # [B, E, hw]
+    energy = torch.matmul(queries, flat)                        # [B, Q, hw]
+    # Softmax over the last axis: ONNX Runtime and TensorRT run a non-last-axis softmax as transpose +
+    # softmax + transpose, which cost a quarter of the whole network on the CPU.
+    weights = torch.softmax(energy, dim=-1)                     # over the hw pixels
+    summary = torch.matmul(weights, flat.transpose(1, 2))       # [B, Q, E]
     return energy, summary
 
 
@@ -90,6 +90,11 @@ class SelfQueryDepthHead(nn.Module):
         y = self.bins_regressor(summary.flatten(1))
         y = torch.relu(y) + 0.1
         y = y / y.sum(dim=1, keepdim=True)
-        prob = self.convert_to_prob(energy)                       # [B, D, h, w]
-        centers = self.bin_centers(y)
-        return torch.sum(prob * centers[:, :, None, None], dim=1, keepdim=True)
+        centers = self.bin_centers(y)                             # [B, D]
+        # convert_to_prob (1x1 conv over the Q energies, softmax over the D bins) evaluated pixel-major, so
+        # that the softmax runs over the last axis; the parameters keep the official names.
+        to_bins = self.convert_to_prob[0]
+        logits = torch.matmul(energy.transpose(1, 2), to_bins.weight.flatten(1).T) + to_bins.bias  # [B, hw, D]
+        prob = torch.softmax(logits, dim=-1)
+        depth = torch.matmul(prob, centers.unsqueeze(-1))         # [B, hw, 1], expected depth over the bins
+        return depth.transpose(1, 2).reshape(features.shape[0], 1, features.shape[2], features.shape[3])
