@@ -60,3 +60,26 @@ def test_matches_sensor_msgs_py(rng):
     assert ours.shape == (200, 3)
     np.testing.assert_array_equal(ours[:, 2], depth.ravel())
     assert ref.fields[0].offset == msg.fields[0].offset == 0
+
+
+def test_reused_builder_matches_fresh_builds(rng):
+    """One builder over frames of changing content, stride and colour gives what fresh builders give."""
+    from spidepth_ros.cloud import _pack_rgb_fast
+
+    intr = PinholeIntrinsics(40.0, 45.0, 15.5, 7.5, 32, 16)
+    builder = CloudBuilder()
+    for frame, (stride, colour) in enumerate([(1, True), (1, True), (2, False), (1, True), (1, False)]):
+        depth = rng.uniform(0.5, 20, (16, 32)).astype(np.float32)
+        depth[frame, :frame + 1] = np.nan
+        rgb = (rng.random((16, 32, 3)) * 255).astype(np.uint8) if colour else None
+        got = builder.build(depth, intr, stride, rgb).tobytes()
+        assert got == CloudBuilder().build(depth, intr, stride, rgb).tobytes()
+        raw = np.frombuffer(got, np.uint8).reshape(16 // stride, 32 // stride, -1)
+        if colour:
+            expected = pack_rgb(rgb).view(np.uint8).reshape(16, 32, 4)
+            np.testing.assert_array_equal(raw[..., 16:20], expected)
+        assert not raw[..., 12:16].any()
+    rgb = (rng.random((5, 7, 3)) * 255).astype(np.uint8)
+    packed = np.empty((5, 7), np.uint32)
+    _pack_rgb_fast(rgb, packed)
+    np.testing.assert_array_equal(packed, pack_rgb(rgb))

@@ -169,7 +169,9 @@ def test_outputs_match_independent_computation(node_setup, reference, encoding):
     np.testing.assert_allclose(pts["z"], depth, equal_nan=True)
     np.testing.assert_allclose(pts["x"], (u - cx) * depth / fx, rtol=1e-5, atol=1e-6, equal_nan=True)
     np.testing.assert_allclose(pts["y"], (v - cy) * depth / fy, rtol=1e-5, atol=1e-6, equal_nan=True)
-    small = cv2.resize(seen, (160, 48), interpolation=cv2.INTER_AREA).astype(np.uint32)
+    # colour: the network-size image (area resize of the input) area-averaged to the published size
+    net_size = cv2.resize(seen, (320, 96), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(net_size, (160, 48), interpolation=cv2.INTER_AREA).astype(np.uint32)
     packed = np.frombuffer(bytes(pmsg.data), np.uint8).reshape(48, 160, 32)[..., 16:20]
     np.testing.assert_array_equal(packed[..., 0], small[..., 2])   # little-endian 0x00RRGGBB: b, g, r, 0
     np.testing.assert_array_equal(packed[..., 1], small[..., 1])

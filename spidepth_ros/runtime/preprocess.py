@@ -20,6 +20,7 @@ CROP_MODES = ("none", "center")
 class PreparedImage:
     tensor: np.ndarray        # [1, 3, H, W] float32 RGB in [0, 1]
     crop: CropBox             # region of the input image the network saw
+    resized: np.ndarray       # [H, W, 3] uint8 RGB: the crop resized to the network size (reused for colour)
     input_width: int
     input_height: int
 
@@ -51,7 +52,7 @@ class Preprocessor:
             view, (self.net_width, self.net_height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
         tensor = out if out is not None else np.empty((1, 3, self.net_height, self.net_width), np.float32)
         np.multiply(resized.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=tensor[0], casting="unsafe")
-        return PreparedImage(tensor, box, w, h)
+        return PreparedImage(tensor, box, resized, w, h)
 
     def output_intrinsics(self, camera: PinholeIntrinsics, out_width: int, out_height: int) -> PinholeIntrinsics:
         """Pinhole model of an ``out_width x out_height`` depth map covering the network's crop."""
