@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ from spidepth_ros.geometry import PinholeIntrinsics
 from spidepth_ros.metrics import EvalSettings
 from spidepth_ros.synth import SynthConfig, render_sequence, write_bag
 from spidepth_ros.training import losses, warping
-from spidepth_ros.training.config import TrainConfig, load_config, save_config
+from spidepth_ros.training.config import LossConfig, TrainConfig, load_config, save_config
 from spidepth_ros.training.data import load_frames, select_triplets
 from spidepth_ros.training.evaluate import evaluate_bags
 
@@ -79,7 +80,7 @@ def test_true_depth_and_pose_explain_a_real_synthetic_pair():
 def test_smoothness_zero_for_constant_depth_and_min_reprojection():
     img = torch.rand(1, 3, 10, 10)
     assert float(losses.edge_aware_smoothness(torch.full((1, 1, 10, 10), 4.0), img)) == 0.0
-    loss = losses.SelfSupervisedLoss(losses.LossWeights(automask=True))
+    loss = losses.SelfSupervisedLoss(LossConfig(automask=True))
     k = torch.tensor([[10.0, 0, 4.5, 0], [0, 10.0, 4.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]])[None]
     out = loss(torch.ones(1, 1, 10, 10), img, [img, torch.rand(1, 3, 10, 10)], [torch.eye(4)[None]] * 2, k,
                torch.linalg.inv(k))
@@ -122,6 +123,25 @@ def test_frame_store_intrinsics_and_motion(bags, tmp_path):
     np.testing.assert_array_equal(np.asarray(cached.frames), np.asarray(store.frames))
     triplets = select_triplets(store, 2, 0.5, 0.01)
     assert triplets[0] == (0, 2, 4) and len(triplets) == 20
+
+
+def _fill_cache(args) -> bytes:
+    bag, cache = args
+    store = load_frames(Path(bag), "/camera/image_raw", "/camera/camera_info", 320, 96, Path(cache), progress=False)
+    return np.asarray(store.frames).tobytes()
+
+
+def test_two_processes_filling_one_cache_both_succeed(bags, tmp_path):
+    """torchrun ranks (or two trainings sharing cache_dir) may decode the same bag at once."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        # (a timeout: with the shared temporary file of old, a worker failed and the pool hung)
+        results = pool.map_async(_fill_cache, [(str(bags["train_sqlite"]), str(tmp_path))] * 2).get(timeout=300)
+    expected = np.stack([cv2.resize(rgb, (320, 96), interpolation=cv2.INTER_AREA)
+                         for _, rgb in iter_images([bags["train_sqlite"]], "/camera/image_raw/compressed")])
+    assert results[0] == results[1] == expected.tobytes()
+    assert not list(tmp_path.glob("*.tmp*"))                            # no temporary file left behind
 
 
 def write_static_bag(path: Path, frames: int = 10, with_info: bool = True) -> Path:

@@ -77,6 +77,18 @@ def depth_metrics(trainer: Trainer, cfg: TrainConfig, max_frames: int = 40) -> d
     return {f"val_{k}": v for k, v in s.items() if k in ("abs_rel", "rmse", "a1", "scale_median")}
 
 
+def build_datasets_once(data_cfg, width: int, height: int, cache: Path, seed: int, progress: bool, dist_info):
+    """:func:`build_datasets` with the frame cache filled by the main process only: under torchrun the other
+    ranks wait at a barrier and then read the finished cache (concurrent decoding of one bag raced)."""
+    import torch.distributed as dist
+
+    if dist_info.world_size == 1:
+        return build_datasets(data_cfg, width, height, cache, seed, progress=progress)
+    data = build_datasets(data_cfg, width, height, cache, seed, progress=progress) if dist_info.is_main else None
+    dist.barrier()
+    return data if data is not None else build_datasets(data_cfg, width, height, cache, seed, progress=False)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,8 +129,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     trainer = Trainer(cfg, device, dist_probe)
     preset = trainer.preset
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
-    data = build_datasets(cfg.data, preset.width, preset.height, cache, cfg.seed,
-                          progress=dist_probe.is_main and not args.no_progress)
+    data = build_datasets_once(cfg.data, preset.width, preset.height, cache, cfg.seed,
+                               progress=dist_probe.is_main and not args.no_progress, dist_info=dist_probe)
     if args.resume:
         trainer.load(args.resume)
     if dist_probe.is_main:

@@ -43,10 +43,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    ssim_alpha: float = 0.85
-    ssim_window: int = 7
-    smoothness: float = 1e-3
-    automask: bool = True
+    """Loss weights (reference section 3); the loss module takes this dataclass as it is."""
+    ssim_alpha: float = 0.85                   # photometric error = alpha * SSIM term + (1 - alpha) * L1
+    ssim_window: int = 7                       # SSIM window (pixels)
+    smoothness: float = 1e-3                   # weight of the edge-aware smoothness on mean-normalised depth
+    automask: bool = True                      # identity automasking (monodepth2's static-pixel rule)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -88,7 +89,8 @@ def load_frames(bag: Path, image_topic: str, info_topic: str, width: int, height
         total = count_messages([bag], image_topic)
     if total == 0:
         raise BagError(f"topic {image_topic!r} (or its /compressed form) in {bag} has no messages")
-    tmp_path = cache_dir / f"{key}.frames.tmp.npy"
+    # per-process temporary name: two processes filling the same cache never write into one file
+    tmp_path = cache_dir / f"{key}.frames.{os.getpid()}.tmp.npy"
     frames = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=(total, height, width, 3))
     stamps, motion = [], []
     intr = calib = undistort_maps = None
@@ -118,9 +120,12 @@ def load_frames(bag: Path, image_topic: str, info_topic: str, width: int, height
     if not np.all(order == np.arange(len(order))):
         raise BagError(f"{bag}: header stamps of {image_topic} are not increasing in recording order; "
                        "re-record or reorder the bag")
+    # frames first, then the metadata (its presence marks a complete entry), each renamed into place
     tmp_path.replace(frames_path)
     meta = {"stamps_ns": stamps, "k_normalized": intr.normalized().tolist(), "motion": motion}
-    meta_path.write_text(json.dumps(meta))
+    meta_tmp = cache_dir / f"{key}.{os.getpid()}.tmp.json"
+    meta_tmp.write_text(json.dumps(meta))
+    meta_tmp.replace(meta_path)
     return FrameStore(np.load(frames_path, mmap_mode="r"), np.array(stamps, np.int64), intr.normalized(),
                       np.array(motion, np.float32), str(bag))
 

@@ -7,12 +7,11 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .config import LossConfig
 from .warping import warp
 
 SSIM_C1 = 0.01 ** 2
@@ -54,14 +53,6 @@ def edge_aware_smoothness(depth: torch.Tensor, image: torch.Tensor) -> torch.Ten
     return (gdx * torch.exp(-gix)).mean() + (gdy * torch.exp(-giy)).mean()
 
 
-@dataclass(frozen=True)
-class LossWeights:
-    ssim_alpha: float = 0.85
-    ssim_window: int = 7
-    smoothness: float = 1e-3
-    automask: bool = True
-
-
 class SelfSupervisedLoss(nn.Module):
     """View-synthesis loss for one target frame and N source frames.
 
@@ -75,7 +66,7 @@ class SelfSupervisedLoss(nn.Module):
     (share of pixels where an identity error won), ``warped`` (list of synthesised images, detached).
     """
 
-    def __init__(self, weights: LossWeights = LossWeights()) -> None:
+    def __init__(self, weights: LossConfig = LossConfig()) -> None:
         super().__init__()
         self.weights = weights
 

@@ -23,7 +23,7 @@ from spidepth_ros.models import build_depth_net, build_pose_net
 from spidepth_ros.presets import ModelPreset, get_preset
 
 from .config import TrainConfig, save_config
-from .losses import LossWeights, SelfSupervisedLoss
+from .losses import SelfSupervisedLoss
 from .warping import pose_from_axis_angle
 
 
@@ -88,8 +88,7 @@ class Trainer:
         self.preset, depth_net, pose_net, _ = build_models(cfg)
         self.depth_net = depth_net.to(device).train()
         self.pose_net = pose_net.to(device).train()
-        self.loss_fn = SelfSupervisedLoss(LossWeights(cfg.loss.ssim_alpha, cfg.loss.ssim_window, cfg.loss.smoothness,
-                                                      cfg.loss.automask))
+        self.loss_fn = SelfSupervisedLoss(cfg.loss)
         o = cfg.optim
         groups = [
             {"params": list(self.depth_net.encoder.parameters()), "lr": o.lr * o.encoder_lr_factor},
