@@ -30,7 +30,8 @@ def _depth_node(context):
         parameters=[arg("params_file"), overrides],
         remappings=[("image", image_topic), ("image/compressed", f"{image_topic}/compressed"),
                     ("camera_info", arg("camera_info_topic"))],
-        arguments=["--ros-args", "--log-level", f"depth_node:={arg('log_level')}"],
+        # the process's default level: a "depth_node:=" logger prefix would miss "<namespace>.depth_node"
+        arguments=["--ros-args", "--log-level", arg("log_level")],
     )]
 
 
@@ -46,7 +47,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node and its outputs"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock (bag replay)"),
         DeclareLaunchArgument("rviz", default_value="false", description="Start RViz with config/spidepth.rviz"),
-        DeclareLaunchArgument("log_level", default_value="info", description="Logger level of the node"),
+        DeclareLaunchArgument("log_level", default_value="info",
+                              description="Logger level of the node process (debug: per-frame timings)"),
         OpaqueFunction(function=_depth_node),
         Node(package="rviz2", executable="rviz2", name="spidepth_rviz", output="log",
              arguments=["-d", PathJoinSubstitution([share, "config", "spidepth.rviz"])],

@@ -255,6 +255,9 @@ class DepthNode(Node):
         self.stats.latencies_ms.append((time.monotonic() - received) * 1e3)
         self.stats.inference_ms.append(out.timings_ms["inference"])
         self.stats.stamps.append(time.monotonic())
+        self.get_logger().debug(
+            f"frame {header.stamp.sec}.{header.stamp.nanosec:09d} {rgb.shape[1]}x{rgb.shape[0]}: " +
+            ", ".join(f"{k} {v:.1f} ms" for k, v in out.timings_ms.items()))
 
     def _publish_diagnostics(self) -> None:
         s = self.stats
