@@ -374,3 +374,26 @@ def test_stereo_pairs_as_the_s_frame(tmp_path):
     batch = next(iter(torch.utils.data.DataLoader(data.train, batch_size=2)))
     out = trainer.train_step(batch)
     assert len(out["warped"]) == 3 and torch.isfinite(out["loss"])
+
+
+def test_flipped_stereo_item_with_a_centred_principal_point(rng):
+    """A flip mirrors the stereo frame and swaps the baseline's sign, also when cx is exactly the centre
+    (mirroring leaves such a principal point unchanged, so the flip must not be inferred from it)."""
+    from spidepth_ros.training.data import FrameStore, TripletDataset
+
+    frames = (rng.random((3, 4, 6, 3)) * 255).astype(np.uint8)
+    k = np.eye(4)
+    k[0, 0], k[1, 1], k[0, 2], k[1, 2] = 0.6, 0.9, 0.5, 0.5
+    right = FrameStore(frames[::-1].copy(), np.arange(3, dtype=np.int64), k, np.ones(3, np.float32), "right")
+    store = FrameStore(frames, np.arange(3, dtype=np.int64), k, np.ones(3, np.float32), "left", stereo=right,
+                       stereo_index=np.arange(3), baseline=0.25)
+    data = TripletDataset([store], [(0, 0, 1, 2)] * 8, 6, 4, augment=True, flip=True, jitter=False, seed=3)
+    flips = [np.random.default_rng([3, 0, i]).random() < 0.5 for i in range(8)]   # the dataset's own rule
+    assert any(flips) and not all(flips)
+    for i, flipped in enumerate(flips):
+        item = data[i]
+        expected = frames[1][:, ::-1] if flipped else frames[1]
+        np.testing.assert_allclose(item["target"].numpy().transpose(1, 2, 0), expected / 255.0, atol=1e-7)
+        expected_right = right.frames[1][:, ::-1] if flipped else right.frames[1]
+        np.testing.assert_allclose(item["stereo"].numpy().transpose(1, 2, 0), expected_right / 255.0, atol=1e-7)
+        assert float(item["stereo_T"][0, 3]) == pytest.approx(0.25 if flipped else -0.25)

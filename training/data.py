@@ -194,34 +194,37 @@ class TripletDataset(Dataset):
         imgs = [store.frames[i].astype(np.float32) / 255.0 for i in (p, t, n)]
         k = store.k_normalized.copy()
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        if self.augment and self.flip and rng.random() < 0.5:
+        flipped = bool(self.augment and self.flip and rng.random() < 0.5)
+        if flipped:
             imgs = [np.ascontiguousarray(x[:, ::-1]) for x in imgs]
             k[0, 2] = 1.0 - k[0, 2]        # mirror the principal point (normalised)
         aug = color_jitter(imgs, rng) if self.augment and self.jitter and rng.random() < 0.5 else imgs
-        stereo = None
-        if store.stereo is not None:
-            stereo = store.stereo.frames[int(store.stereo_index[t])].astype(np.float32) / 255.0
-            if k[0, 2] != store.k_normalized[0, 2]:          # flipped above
-                stereo = np.ascontiguousarray(stereo[:, ::-1])
         k_pix = k.copy()
         k_pix[0] *= self.width
         k_pix[1] *= self.height
-
-        def chw(x):
-            return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-
-        return {"prev": chw(imgs[0]), "target": chw(imgs[1]), "next": chw(imgs[2]),
-                "prev_aug": chw(aug[0]), "target_aug": chw(aug[1]), "next_aug": chw(aug[2]),
+        item = {"prev": _chw(imgs[0]), "target": _chw(imgs[1]), "next": _chw(imgs[2]),
+                "prev_aug": _chw(aug[0]), "target_aug": _chw(aug[1]), "next_aug": _chw(aug[2]),
                 "K": torch.from_numpy(k_pix.astype(np.float32)),
                 "inv_K": torch.from_numpy(np.linalg.pinv(k_pix).astype(np.float32)),
-                "index": torch.tensor(t), **({} if stereo is None else self._stereo_entries(store, stereo, k))}
+                "index": torch.tensor(t)}
+        if store.stereo is not None:
+            item.update(self._stereo_entries(store, t, flipped))
+        return item
 
-    def _stereo_entries(self, store: FrameStore, stereo: np.ndarray, k: np.ndarray) -> dict[str, torch.Tensor]:
-        flipped = k[0, 2] != store.k_normalized[0, 2]
-        t = np.eye(4, dtype=np.float32)
-        t[0, 3] = -store.baseline * (-1.0 if flipped else 1.0)   # a mirrored pair swaps left and right
-        return {"stereo": torch.from_numpy(np.ascontiguousarray(stereo.transpose(2, 0, 1))),
-                "stereo_T": torch.from_numpy(t)}
+    @staticmethod
+    def _stereo_entries(store: FrameStore, t: int, flipped: bool) -> dict[str, torch.Tensor]:
+        """The second camera's frame at target ``t`` (mirrored with the triplet) and its transform."""
+        stereo = store.stereo.frames[int(store.stereo_index[t])].astype(np.float32) / 255.0
+        if flipped:
+            stereo = stereo[:, ::-1]
+        transform = np.eye(4, dtype=np.float32)
+        transform[0, 3] = store.baseline if flipped else -store.baseline   # a mirrored pair swaps left and right
+        return {"stereo": _chw(stereo), "stereo_T": torch.from_numpy(transform)}
+
+
+def _chw(image: np.ndarray) -> torch.Tensor:
+    """``[H, W, 3]`` -> contiguous ``[3, H, W]`` tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 def attach_stereo(store: FrameStore, bag: Path, data_cfg, width: int, height: int, cache_dir: Path,
