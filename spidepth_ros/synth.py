@@ -189,21 +189,22 @@ def render_sequence(cfg: SynthConfig) -> Iterator[SynthFrame]:
     intr = cfg.intrinsics
     u, v = np.meshgrid(np.arange(cfg.width), np.arange(cfg.height))
     rays_cam = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones_like(u, float)], -1).reshape(-1, 3)
+
+    def to_uint8(colour: np.ndarray) -> np.ndarray:
+        return (np.clip(colour, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(cfg.height, cfg.width, 3)
+
     for i in range(cfg.frames):
         c, s = np.cos(yaw[i]), np.sin(yaw[i])
         rot = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])     # camera -> world, yaw about +y (down)
         origin = np.array([pos[i, 0], 0.0, pos[i, 1]])
-        rgb, t = scene.render(origin, rays_cam @ rot.T)
+        rays_world = rays_cam @ rot.T
+        rgb, t = scene.render(origin, rays_world)
         # rays have unit z in the camera frame, so the ray parameter t *is* the optical-axis depth
         pose = np.eye(4)
         pose[:3, :3], pose[:3, 3] = rot, origin
-
-        def to_uint8(c):
-            return (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(cfg.height, cfg.width, 3)
-
         right = None
         if cfg.stereo_baseline > 0:     # same orientation, origin moved along the camera's +x
-            right = to_uint8(scene.render(origin + rot @ np.array([cfg.stereo_baseline, 0, 0]), rays_cam @ rot.T)[0])
+            right = to_uint8(scene.render(origin + rot @ np.array([cfg.stereo_baseline, 0, 0]), rays_world)[0])
         yield SynthFrame(int(round(i * 1e9 / cfg.rate_hz)) + 1_000_000_000, to_uint8(rgb),
                          t.astype(np.float32).reshape(cfg.height, cfg.width), pose, right)
 
