@@ -309,3 +309,26 @@ def test_diagnostics_report_counts(node_setup):
         assert int(values["processed"]) >= 1 and "latency_p50_ms" in values
     finally:
         harness.node.destroy_subscription(sub)
+
+
+def test_debug_level_logs_per_frame_timings(node_setup, capfd):
+    """At debug level the node logs one line per frame with its stamp, input size and step timings."""
+    from rclpy.logging import LoggingSeverity
+
+    node, harness = node_setup
+    logger = node.get_logger()
+    logger.set_level(LoggingSeverity.DEBUG)
+    try:
+        stamp = 71_000_000_123
+        send(harness, stamp, harness.image(stamp, "rgb8", make_rgb(11).tobytes(), W * 3))
+        assert wait_for(lambda: stamp in harness.depth, 20)
+        time.sleep(0.2)
+    finally:
+        logger.set_level(LoggingSeverity.INFO)
+    line = next(x for x in capfd.readouterr().err.splitlines() if "frame 71.000000123" in x)
+    assert f"{W}x{H}:" in line and "inference" in line and "preprocess" in line
+    stamp2 = 72_000_000_000
+    send(harness, stamp2, harness.image(stamp2, "rgb8", make_rgb(12).tobytes(), W * 3))
+    assert wait_for(lambda: stamp2 in harness.depth, 20)
+    time.sleep(0.2)
+    assert "frame 72.000000000" not in capfd.readouterr().err        # info level: no per-frame line

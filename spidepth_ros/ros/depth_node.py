@@ -24,6 +24,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -255,9 +256,10 @@ class DepthNode(Node):
         self.stats.latencies_ms.append((time.monotonic() - received) * 1e3)
         self.stats.inference_ms.append(out.timings_ms["inference"])
         self.stats.stamps.append(time.monotonic())
-        self.get_logger().debug(
-            f"frame {header.stamp.sec}.{header.stamp.nanosec:09d} {rgb.shape[1]}x{rgb.shape[0]}: " +
-            ", ".join(f"{k} {v:.1f} ms" for k, v in out.timings_ms.items()))
+        logger = self.get_logger()
+        if logger.is_enabled_for(LoggingSeverity.DEBUG):      # format the per-frame line only when it is shown
+            logger.debug(f"frame {header.stamp.sec}.{header.stamp.nanosec:09d} {rgb.shape[1]}x{rgb.shape[0]}: " +
+                         ", ".join(f"{k} {v:.1f} ms" for k, v in out.timings_ms.items()))
 
     def _publish_diagnostics(self) -> None:
         s = self.stats
