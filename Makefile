@@ -30,7 +30,7 @@ test: setup
 	$(VPY) -m pytest -q -p no:cacheprovider test
 
 demo: setup
-	$(VPY) -m spidepth_ros.demo --out demo_output
+	$(VPY) -m spidepth_ros.ros.demo --out demo_output
 
 bench: setup
 	$(VPY) bench/model.py

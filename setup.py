@@ -16,7 +16,8 @@ if not os.path.exists("training") and os.path.isdir(os.path.join(SOURCE, "traini
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=[PACKAGE, f"{PACKAGE}.models", f"{PACKAGE}.runtime", f"{PACKAGE}.ros", f"{PACKAGE}.training"],
+    packages=[PACKAGE, f"{PACKAGE}.models", f"{PACKAGE}.runtime", f"{PACKAGE}.ros", f"{PACKAGE}.tools",
+              f"{PACKAGE}.training"],
     package_dir={f"{PACKAGE}.training": "training"},
     package_data={PACKAGE: ["py.typed"]},
     data_files=[
@@ -24,9 +25,12 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (os.path.join("share", PACKAGE, "launch"), glob("launch/*.launch.py")),
         (os.path.join("share", PACKAGE, "config"), glob("config/*.yaml") + glob("config/*.rviz")),
-        (os.path.join("share", PACKAGE, "models"), glob("models/*.onnx") + glob("models/*.json")),
+        # the demo weights too, so an installed `spidepth-demo` finds them (spidepth_ros.ros.demo.find_demo_weights)
+        (os.path.join("share", PACKAGE, "models"), glob("models/*.onnx") + glob("models/*.json") +
+         glob("models/*.pt")),
     ],
-    install_requires=["setuptools", "numpy", "PyYAML", "tqdm"],
+    # the node's own needs (OpenCV: resize, rectification, compressed images); the backends are extras
+    install_requires=["setuptools", "numpy", "PyYAML", "tqdm", "opencv-python-headless"],
     extras_require={
         "test": ["pytest"],
         "torch": ["torch", "torchvision", "timm>=1.0.9"],
@@ -47,7 +51,7 @@ setup(
             "spidepth-train = spidepth_ros.training.cli:main",
             "spidepth-eval = spidepth_ros.training.evaluate:main",
             "spidepth-synth = spidepth_ros.synth:main",
-            "spidepth-demo = spidepth_ros.demo:main",
+            "spidepth-demo = spidepth_ros.ros.demo:main",
             # underscore aliases so `ros2 run spidepth_ros spidepth_train` style names work too
             "spidepth_train = spidepth_ros.training.cli:main",
             "spidepth_eval = spidepth_ros.training.evaluate:main",

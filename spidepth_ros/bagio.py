@@ -6,12 +6,12 @@ generator and the tests. Errors name the bag, the topic and what exists instead.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from .camera_model import CameraCalibration  # noqa: F401  (re-exported for training)
 from .encodings import decode_color_image, decode_compressed, depth_to_metres, image_to_array
 from .geometry import PinholeIntrinsics
 
@@ -31,35 +31,6 @@ def _typestore():
 
 def stamp_to_ns(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-@dataclass
-class CameraCalibration:
-    """What the training and evaluation code needs from a CameraInfo."""
-
-    intrinsics: PinholeIntrinsics     # from P (rectified) when P is set, else K
-    k: np.ndarray                     # 3x3 raw K
-    d: np.ndarray                     # distortion coefficients
-    distortion_model: str
-    tx: float = 0.0                   # P[0, 3] = -fx * baseline for the second camera of a stereo pair
-
-    @property
-    def baseline(self) -> float:
-        """Stereo baseline in metres (positive for a right camera), from P's Tx."""
-        return -self.tx / self.intrinsics.fx if self.intrinsics.fx else 0.0
-
-    @property
-    def distorted(self) -> bool:
-        return bool(self.d.size and np.any(np.abs(self.d) > 1e-12))
-
-    @classmethod
-    def from_msg(cls, msg) -> "CameraCalibration":
-        p = np.asarray(msg.p, dtype=np.float64)
-        k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-        source = p if p.size == 12 and p[0] > 0 else k.ravel()
-        intr = PinholeIntrinsics.from_projection(source, int(msg.width), int(msg.height))
-        tx = float(p[3]) if p.size == 12 else 0.0
-        return cls(intr, k, np.asarray(msg.d, dtype=np.float64), str(msg.distortion_model), tx)
 
 
 @contextmanager
@@ -173,7 +144,8 @@ class BagWriter:
         return t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
 
     def image_msg(self, stamp_ns: int, frame_id: str, arr: np.ndarray, encoding: str):
-        from .encodings import encode_image
+        from .camera_model import CameraCalibration  # noqa: F401  (re-exported for training)
+from .encodings import encode_image
 
         h, w, enc, big, step, data = encode_image(arr, encoding)
         return self.typestore.types["sensor_msgs/msg/Image"](

@@ -14,7 +14,6 @@ allocate without bound.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import zipfile
@@ -23,6 +22,7 @@ from typing import Any, Optional
 
 import torch
 
+from .files import file_sha256  # noqa: F401  (re-exported)
 from .presets import PRESETS, ModelPreset, get_preset
 
 #: Non-tensor entries the official trainer adds to ``encoder.pth``.
@@ -35,14 +35,6 @@ MAX_CHECKPOINT_BYTES = int(os.environ.get("SPIDEPTH_MAX_CHECKPOINT_BYTES", 8 * 1
 
 class CheckpointError(ValueError):
     """A checkpoint was refused; the message says why and what to do."""
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_file(path: Path, what: str) -> None:

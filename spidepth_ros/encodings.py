@@ -107,8 +107,49 @@ def decode_color_image(height: int, width: int, encoding: str, is_bigendian, ste
     return to_rgb8(image_to_array(height, width, encoding, is_bigendian, step, data), encoding)
 
 
-def decode_compressed(fmt: str, data) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (jpeg/png) -> ``[H, W, 3]`` uint8 RGB."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, progressive, lossless, ...; not DHT 0xC4, JPG 0xC8, DAC 0xCC)
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def compressed_image_size(buf: bytes | np.ndarray) -> tuple[int, int]:
+    """``(width, height)`` of a PNG or JPEG from its header alone, without decoding any pixel.
+
+    Raises :class:`ImageDecodeError` for other formats or a header too short to read.
+    """
+    head = bytes(buf[:8])
+    if head == PNG_SIGNATURE:
+        if len(buf) < 24 or bytes(buf[12:16]) != b"IHDR":
+            raise ImageDecodeError("truncated PNG: no IHDR chunk")
+        return int.from_bytes(bytes(buf[16:20]), "big"), int.from_bytes(bytes(buf[20:24]), "big")
+    if head[:2] == b"\xff\xd8":
+        i, n = 2, len(buf)
+        while i + 4 <= n:
+            if buf[i] != 0xFF:
+                raise ImageDecodeError(f"corrupt JPEG: no marker at byte {i}")
+            marker = buf[i + 1]
+            if marker == 0xFF:                      # fill byte
+                i += 1
+                continue
+            if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+                i += 2
+                continue
+            length = int(buf[i + 2]) << 8 | int(buf[i + 3])
+            if marker in _JPEG_SOF:
+                if i + 9 > n:
+                    break
+                return int(buf[i + 7]) << 8 | int(buf[i + 8]), int(buf[i + 5]) << 8 | int(buf[i + 6])
+            i += 2 + length
+        raise ImageDecodeError("corrupt JPEG: no start-of-frame header")
+    raise ImageDecodeError("compressed image is neither PNG nor JPEG (only jpeg and png are supported)")
+
+
+def decode_compressed(fmt: str, data, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg/png) -> ``[H, W, 3]`` uint8 RGB.
+
+    The size is read from the header first: an image over ``max_pixels`` is refused before any allocation (a
+    425 KB PNG can decode to 20000x20000, 1.2 GB).
+    """
     import cv2
 
     buf = np.frombuffer(bytes(data) if not isinstance(data, np.ndarray) else data, dtype=np.uint8)
@@ -116,6 +157,12 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
         raise ImageDecodeError("compressed image has no data")
     if "compressedDepth" in fmt:
         raise ImageDecodeError("compressedDepth images are depth, not colour; subscribe to the colour topic")
+    width, height = compressed_image_size(buf)
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"compressed image header says {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"compressed image is {width}x{height}, over the {max_pixels}-pixel limit; "
+                               "publish a smaller image (image_proc resize) or check the camera driver")
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageDecodeError(f"could not decode compressed image (format {fmt!r}); only jpeg and png are "

@@ -56,8 +56,8 @@ def export_onnx(weights_path: str | Path, out: str | Path, preset: Optional[str]
     meta = ModelMetadata.from_preset(p, opset=opset, dynamic_batch=dynamic_batch,
                                      precision="fp16" if fp16 else "fp32", checkpoint_sha256=ckpt_sha,
                                      model_sha256=file_sha256(out),
-                                     extra={"source": str(src), "depth_scale_hint": weights.extra.get(
-                                         "depth_scale", None)})
+                                     depth_scale=float(weights.extra.get("depth_scale") or 1.0),
+                                     extra={"source": str(src)})
     write_sidecar(out, meta)
     return out, meta
 

@@ -14,7 +14,7 @@ pytestmark = requires_ros2
 
 def test_short_demo_pipeline(tmp_path):
     from spidepth_ros.bagio import iter_images
-    from spidepth_ros.demo import DEMO_WEIGHTS, run_demo
+    from spidepth_ros.ros.demo import DEMO_WEIGHTS, run_demo
 
     if not DEMO_WEIGHTS.exists():
         pytest.fail(f"committed demo weights {DEMO_WEIGHTS} are missing")

@@ -1,5 +1,9 @@
-"""The depth node over real DDS: outputs checked against an independent ONNX Runtime session, the
-back-projection formula and depth_image_proc's byte layout; bad input never kills it."""
+"""The depth node over real DDS: outputs checked against an ONNX Runtime session fed by a hand-made tensor, the
+back-projection formula and depth_image_proc's byte layout; rectification, rescaling, crops, runtime parameters,
+lazy subscription, diagnostics and model hot-swap; bad input never kills it.
+
+Every subscription of the node under test is made reliable through QoS overrides (the defaults are best effort),
+so these tests count frames without losing any in transport."""
 from __future__ import annotations
 
 import time
@@ -14,25 +18,35 @@ from rosutil import Spinner, wait_for
 pytestmark = requires_ros2
 
 W, H = 400, 120
+NET_W, NET_H, OUT_W, OUT_H = 320, 96, 160, 48
 FX, FY, CX, CY = 200.0, 210.0, 199.5, 59.5
 DEPTH_SCALE = 2.5
+MIN_RANGE, MAX_RANGE = 0.5, 60.0
 
 
-def make_rgb(seed: int) -> np.ndarray:
+def make_rgb(seed: int, width: int = W, height: int = H) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    base = cv2.resize((rng.random((12, 40, 3)) * 255).astype(np.uint8), (W, H), interpolation=cv2.INTER_CUBIC)
-    return base
+    return cv2.resize((rng.random((12, 40, 3)) * 255).astype(np.uint8), (width, height),
+                      interpolation=cv2.INTER_CUBIC)
+
+
+def reliable_overrides(namespace: str = "") -> list:
+    """Parameters making the node's inputs reliable (topics resolved under ``namespace``)."""
+    from rclpy.parameter import Parameter
+
+    prefix = f"/{namespace}" if namespace else ""
+    return [Parameter(f"qos_overrides.{prefix}/{topic}.subscription.reliability", value="reliable")
+            for topic in ("image", "image/compressed", "camera_info")]
 
 
 class Harness:
     """Publishes camera frames and records what the node publishes, keyed by stamp (nanoseconds)."""
 
-    def __init__(self, context) -> None:
+    def __init__(self, context, namespace: str = "") -> None:
         from rclpy.node import Node
-        from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-        self.node = Node("spidepth_test_harness", context=context)
+        self.node = Node("spidepth_test_harness", namespace=namespace, context=context)
         self.pub_image = self.node.create_publisher(Image, "image", 10)
         self.pub_compressed = self.node.create_publisher(CompressedImage, "image/compressed", 10)
         self.pub_info = self.node.create_publisher(CameraInfo, "camera_info", 10)
@@ -40,32 +54,43 @@ class Harness:
         for topic, typ, store in (("depth/image", Image, self.depth), ("depth/camera_info", CameraInfo, self.info),
                                   ("depth/points", PointCloud2, self.points), ("depth/colored", Image, self.colored)):
             self.node.create_subscription(typ, topic, lambda m, s=store: s.__setitem__(self.key(m), m), 10)
-        self._sensor_qos = qos_profile_sensor_data
 
     @staticmethod
     def key(msg) -> int:
         return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
-    def header(self, stamp_ns: int, frame_id: str = "cam_optical"):
+    @staticmethod
+    def header(stamp_ns: int, frame_id: str = "cam_optical"):
         from builtin_interfaces.msg import Time
         from std_msgs.msg import Header
 
         return Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
                       frame_id=frame_id)
 
-    def camera_info(self, stamp_ns: int, fx=FX, fy=FY, cx=CX, cy=CY, d=None):
+    def camera_info(self, stamp_ns: int, fx=FX, fy=FY, cx=CX, cy=CY, d=None, width=W, height=H, tx=0.0,
+                    model="plumb_bob", k=None):
         from sensor_msgs.msg import CameraInfo
 
-        k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
-        p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
-        return CameraInfo(header=self.header(stamp_ns), width=W, height=H, distortion_model="plumb_bob",
-                          d=d or [0.0] * 5, k=k, r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], p=p)
+        k = k if k is not None else [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+        p = [fx, 0.0, cx, tx, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+        return CameraInfo(header=self.header(stamp_ns), width=width, height=height, distortion_model=model,
+                          d=d if d is not None else [0.0] * 5, k=k, r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], p=p)
 
-    def image(self, stamp_ns: int, encoding: str, data: bytes, step: int, height=H, width=W, bigendian=0):
+    def image(self, stamp_ns: int, encoding: str, data: bytes, step: int, height=H, width=W, bigendian=0,
+              frame_id="cam_optical"):
         from sensor_msgs.msg import Image
 
-        return Image(header=self.header(stamp_ns), height=height, width=width, encoding=encoding,
+        return Image(header=self.header(stamp_ns, frame_id), height=height, width=width, encoding=encoding,
                      is_bigendian=bigendian, step=step, data=data)
+
+    def rgb_image(self, stamp_ns: int, rgb: np.ndarray, frame_id="cam_optical"):
+        return self.image(stamp_ns, "rgb8", rgb.tobytes(), rgb.shape[1] * 3, rgb.shape[0], rgb.shape[1],
+                          frame_id=frame_id)
+
+    def send(self, stamp: int, msg, info=None, compressed: bool = False) -> None:
+        self.pub_info.publish(info if info is not None else self.camera_info(stamp))
+        time.sleep(0.05)
+        (self.pub_compressed if compressed else self.pub_image).publish(msg)
 
 
 def encode_for_test(rgb: np.ndarray, encoding: str) -> tuple[bytes, int, int, np.ndarray]:
@@ -84,48 +109,61 @@ def encode_for_test(rgb: np.ndarray, encoding: str) -> tuple[bytes, int, int, np
     raise AssertionError(encoding)
 
 
-@pytest.fixture(scope="module")
-def node_setup(ros_context, small_onnx):
+def start_node(context, model, name: str, namespace: str = "", **params):
     from rclpy.parameter import Parameter
 
     from spidepth_ros.ros.depth_node import DepthNode
 
-    overrides = [Parameter("model_path", value=str(small_onnx)), Parameter("backend", value="onnxruntime"),
-                 Parameter("depth_scale", value=DEPTH_SCALE), Parameter("min_range", value=0.5),
-                 Parameter("max_range", value=60.0), Parameter("diagnostics_period", value=0.5)]
-    node = DepthNode(context=ros_context, parameter_overrides=overrides)
-    node.configure()
-    node.activate()
+    overrides = [Parameter("model_path", value=str(model)), Parameter("backend", value="onnxruntime"),
+                 *[Parameter(k, value=v) for k, v in params.items()], *reliable_overrides(namespace)]
+    node = DepthNode(name, namespace=namespace, context=context, parameter_overrides=overrides)
+    node.start_up()
+    return node
+
+
+@pytest.fixture(scope="module")
+def node_setup(ros_context, small_onnx):
+    node = start_node(ros_context, small_onnx, "depth_node", depth_scale=DEPTH_SCALE, min_range=MIN_RANGE,
+                      max_range=MAX_RANGE, diagnostics_period=0.5, input_timeout=1.0)
     harness = Harness(ros_context)
     spinner = Spinner(ros_context, node, harness.node)
-    assert wait_for(lambda: node._pubs["depth"].get_subscription_count() > 0 and
-                    harness.pub_image.get_subscription_count() > 0, 20)
+    assert wait_for(lambda: node.input_subscribed and harness.pub_image.get_subscription_count() > 0, 20)
     yield node, harness
     spinner.stop()
     node.destroy_node()
     harness.node.destroy_node()
 
 
+class HandOracle:
+    """The model run by a raw ONNX Runtime session on a tensor built by hand from the sidecar's contract
+    (channel order, input range, mean/std, area resize): shares no code with the node's Preprocessor."""
+
+    def __init__(self, onnx_path) -> None:
+        import json
+
+        import onnxruntime as ort
+
+        self.meta = json.loads(open(f"{onnx_path}.json").read())
+        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+    def depth(self, rgb: np.ndarray, scale: float = 1.0, lo: float = -np.inf, hi: float = np.inf) -> np.ndarray:
+        m = self.meta
+        assert m["channel_order"] == "RGB" and list(m["input_range"]) == [0.0, 1.0]
+        img = cv2.resize(rgb, (m["input_width"], m["input_height"]), interpolation=cv2.INTER_AREA)
+        x = (img.astype(np.float32) / 255.0 - np.float32(m["input_mean"])) / np.float32(m["input_std"])
+        x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+        d = self.session.run([m["output_name"]], {m["input_name"]: x})[0][0, 0] * np.float32(scale)
+        d[(d < lo) | (d > hi)] = np.nan
+        return d
+
+
 @pytest.fixture(scope="module")
-def reference(small_onnx):
-    from spidepth_ros.runtime.onnxruntime_backend import OnnxRuntimeDepthEstimator
-
-    est = OnnxRuntimeDepthEstimator(small_onnx).start()
-    yield est
-    est.stop()
+def oracle(small_onnx):
+    return HandOracle(small_onnx)
 
 
-def expected_depth(reference, rgb: np.ndarray) -> np.ndarray:
-    d = reference.infer(rgb).depth * DEPTH_SCALE
-    d[(d < 0.5) | (d > 60.0)] = np.nan
-    return d
-
-
-def send(harness, stamp: int, msg, with_info: bool = True, compressed: bool = False) -> None:
-    if with_info:
-        harness.pub_info.publish(harness.camera_info(stamp))
-        time.sleep(0.05)
-    (harness.pub_compressed if compressed else harness.pub_image).publish(msg)
+def depth_of(msg) -> np.ndarray:
+    return np.frombuffer(bytes(msg.data), "<f4").reshape(msg.height, msg.width)
 
 
 def cloud_array(msg) -> np.ndarray:
@@ -134,25 +172,37 @@ def cloud_array(msg) -> np.ndarray:
     return np.frombuffer(bytes(msg.data), dtype=dtype).reshape(msg.height, msg.width)
 
 
-@pytest.mark.parametrize("encoding", ["rgb8", "bgr8_padded", "rgba8", "mono16_be"])
-def test_outputs_match_independent_computation(node_setup, reference, encoding):
+def test_hand_oracle_catches_a_channel_swap_and_a_missing_normalisation(oracle):
+    """The oracle is sensitive to exactly the mistakes it exists to catch: each changes the depth by more than ten
+    times the tolerance (rtol 1e-5) the node tests compare with."""
+    rgb = make_rgb(1)
+    good = oracle.depth(rgb)
+    assert np.max(np.abs(oracle.depth(rgb[..., ::-1].copy()) - good)) > 1e-4 * np.nanmax(good)
+    raw = cv2.resize(rgb, (NET_W, NET_H), interpolation=cv2.INTER_AREA).astype(np.float32)
+    unscaled = oracle.session.run(["depth"], {"image": np.ascontiguousarray(raw.transpose(2, 0, 1)[None])})[0][0, 0]
+    assert np.max(np.abs(unscaled - good)) > 1e-3 * np.nanmax(good)
+
+
+@pytest.mark.parametrize("encoding,seed,stamp", [("rgb8", 11, 10_000_000_101), ("bgr8_padded", 12, 10_000_000_102),
+                                                 ("rgba8", 13, 10_000_000_103), ("mono16_be", 14, 10_000_000_104)])
+def test_outputs_match_independent_computation(node_setup, oracle, encoding, seed, stamp):
     node, harness = node_setup
-    stamp = 10_000_000_000 + hash(encoding) % 1000 * 1000
-    rgb = make_rgb(abs(hash(encoding)) % 100)
+    rgb = make_rgb(seed)
     data, step, big, seen = encode_for_test(rgb, encoding)
-    enc = encoding.split("_")[0]
-    send(harness, stamp, harness.image(stamp, enc, data, step, bigendian=big))
+    harness.send(stamp, harness.image(stamp, encoding.split("_")[0], data, step, bigendian=big))
     assert wait_for(lambda: stamp in harness.depth and stamp in harness.points and stamp in harness.info)
 
-    # depth: 32FC1 metres, NaN invalid, same values as an independent ONNX Runtime session
+    # depth: 32FC1 metres, NaN invalid, the hand-made oracle's values
     dmsg = harness.depth[stamp]
-    assert (dmsg.encoding, dmsg.width, dmsg.height, dmsg.header.frame_id) == ("32FC1", 160, 48, "cam_optical")
-    depth = np.frombuffer(bytes(dmsg.data), "<f4").reshape(48, 160)
-    np.testing.assert_allclose(depth, expected_depth(reference, seen), rtol=1e-5, equal_nan=True)
+    assert (dmsg.encoding, dmsg.width, dmsg.height, dmsg.header.frame_id) == ("32FC1", OUT_W, OUT_H, "cam_optical")
+    depth = depth_of(dmsg)
+    expected = oracle.depth(seen, DEPTH_SCALE, MIN_RANGE, MAX_RANGE)
+    np.testing.assert_allclose(depth, expected, rtol=1e-5, equal_nan=True)
+    assert np.isfinite(depth).sum() > 0.5 * depth.size
 
     # camera_info scaled to the published 160x48 (resize factor 0.4 in both axes)
     info = harness.info[stamp]
-    assert (info.width, info.height) == (160, 48)
+    assert (info.width, info.height) == (OUT_W, OUT_H)
     np.testing.assert_allclose([info.p[0], info.p[5], info.p[2], info.p[6]],
                                [FX * 0.4, FY * 0.4, CX * 0.4, CY * 0.4], rtol=1e-9)
     assert list(info.d) == [0.0] * 5
@@ -162,55 +212,231 @@ def test_outputs_match_independent_computation(node_setup, reference, encoding):
     assert [(f.name, f.offset, f.datatype, f.count) for f in pmsg.fields] == \
         [("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("rgb", 16, 7, 1)]
     assert (pmsg.point_step, pmsg.row_step, pmsg.height, pmsg.width, pmsg.is_dense, pmsg.is_bigendian) == \
-        (32, 32 * 160, 48, 160, False, False)
+        (32, 32 * OUT_W, OUT_H, OUT_W, False, False)
     pts = cloud_array(pmsg)
-    u, v = np.meshgrid(np.arange(160), np.arange(48))
+    u, v = np.meshgrid(np.arange(OUT_W), np.arange(OUT_H))
     fx, fy, cx, cy = FX * 0.4, FY * 0.4, CX * 0.4, CY * 0.4
     np.testing.assert_allclose(pts["z"], depth, equal_nan=True)
     np.testing.assert_allclose(pts["x"], (u - cx) * depth / fx, rtol=1e-5, atol=1e-6, equal_nan=True)
     np.testing.assert_allclose(pts["y"], (v - cy) * depth / fy, rtol=1e-5, atol=1e-6, equal_nan=True)
     # colour: the network-size image (area resize of the input) area-averaged to the published size
-    net_size = cv2.resize(seen, (320, 96), interpolation=cv2.INTER_AREA)
-    small = cv2.resize(net_size, (160, 48), interpolation=cv2.INTER_AREA).astype(np.uint32)
-    packed = np.frombuffer(bytes(pmsg.data), np.uint8).reshape(48, 160, 32)[..., 16:20]
+    net_size = cv2.resize(seen, (NET_W, NET_H), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(net_size, (OUT_W, OUT_H), interpolation=cv2.INTER_AREA).astype(np.uint32)
+    packed = np.frombuffer(bytes(pmsg.data), np.uint8).reshape(OUT_H, OUT_W, 32)[..., 16:20]
     np.testing.assert_array_equal(packed[..., 0], small[..., 2])   # little-endian 0x00RRGGBB: b, g, r, 0
     np.testing.assert_array_equal(packed[..., 1], small[..., 1])
     np.testing.assert_array_equal(packed[..., 2], small[..., 0])
     assert not packed[..., 3].any()
 
 
-def test_compressed_input(ros_context, small_onnx, reference):
+def test_camera_info_for_another_size_is_rescaled_and_tx_kept(node_setup):
+    """A camera_info for 800x240 with 400x120 images: intrinsics scaled by 0.5 first, then by 0.4; P's Tx (a right
+    stereo camera, -fx*B) scales with fx."""
+    node, harness = node_setup
+    stamp = 11_000_000_000
+    tx = -2 * FX * 0.12          # fx of the 800-wide calibration times a 0.12 m baseline
+    info = harness.camera_info(stamp, fx=2 * FX, fy=2 * FY, cx=2 * CX + 0.5, cy=2 * CY + 0.5, width=2 * W,
+                               height=2 * H, tx=tx)
+    harness.send(stamp, harness.rgb_image(stamp, make_rgb(21)), info=info)
+    assert wait_for(lambda: stamp in harness.info)
+    p = np.array(harness.info[stamp].p).reshape(3, 4)
+    np.testing.assert_allclose([p[0, 0], p[1, 1], p[0, 2], p[1, 2]],
+                               [FX * 0.4, FY * 0.4, (2 * CX + 0.5) * 0.5 * 0.4, (2 * CY + 0.5) * 0.5 * 0.4])
+    assert p[0, 3] == pytest.approx(tx * 0.5 * 0.4)
+    assert -p[0, 3] / p[0, 0] == pytest.approx(0.12)       # the baseline survives
+
+
+def test_frame_id_override_runtime_parameters_and_stride(node_setup, oracle):
     from rclpy.parameter import Parameter
 
-    from spidepth_ros.ros.depth_node import DepthNode
+    node, harness = node_setup
+    rgb = make_rgb(31)
+    # an empty frame_id stays empty without an override (never invented)
+    stamp = 12_000_000_001
+    harness.send(stamp, harness.rgb_image(stamp, rgb, frame_id=""))
+    assert wait_for(lambda: stamp in harness.depth)
+    assert harness.depth[stamp].header.frame_id == ""
 
-    node = DepthNode("depth_node_compressed", context=ros_context, parameter_overrides=[
-        Parameter("model_path", value=str(small_onnx)), Parameter("input_transport", value="compressed"),
-        Parameter("min_range", value=0.0), Parameter("max_range", value=1000.0)])
-    node.configure()
-    node.activate()
-    harness = Harness(ros_context)
+    results = node.set_parameters([Parameter("depth_scale", value=5.0), Parameter("cloud_stride", value=4),
+                                   Parameter("min_range", value=0.0), Parameter("max_range", value=1e4)])
+    assert all(r.successful for r in results)
+    refused = node.set_parameters([Parameter("max_range", value=0.0)])       # not above min_range (0.0)
+    assert not refused[0].successful and "must be greater than min_range" in refused[0].reason
+    assert node.get_parameter("max_range").value == 1e4
+    assert not node.set_parameters([Parameter("frame_id_override", value="x")])[0].successful   # read-only
+    try:
+        stamp = 12_000_000_002
+        harness.send(stamp, harness.rgb_image(stamp, rgb))
+        assert wait_for(lambda: stamp in harness.points and stamp in harness.depth)
+        depth = depth_of(harness.depth[stamp])
+        np.testing.assert_allclose(depth, oracle.depth(rgb, 5.0), rtol=1e-5)
+        pmsg = harness.points[stamp]
+        assert (pmsg.width, pmsg.height) == (OUT_W // 4, OUT_H // 4)
+        pts = cloud_array(pmsg)
+        np.testing.assert_allclose(pts["z"], depth[::4, ::4])
+        u = np.arange(0, OUT_W, 4)[None, :]
+        np.testing.assert_allclose(pts["x"], (u - CX * 0.4) * depth[::4, ::4] / (FX * 0.4), rtol=1e-5, atol=1e-6)
+    finally:
+        node.set_parameters([Parameter("depth_scale", value=DEPTH_SCALE), Parameter("cloud_stride", value=1),
+                             Parameter("max_range", value=MAX_RANGE), Parameter("min_range", value=MIN_RANGE)])
+
+
+def test_frame_id_override_fills_an_empty_frame(ros_context, small_onnx):
+    node = start_node(ros_context, small_onnx, "depth_node_frame", namespace="frame",
+                      frame_id_override="cam_override")
+    harness = Harness(ros_context, namespace="frame")
     spinner = Spinner(ros_context, node, harness.node)
     try:
-        assert wait_for(lambda: harness.pub_compressed.get_subscription_count() > 0 and
-                        node._pubs["depth"].get_subscription_count() > 0)
-        from sensor_msgs.msg import CompressedImage
-
-        rgb = make_rgb(5)
-        ok, png = cv2.imencode(".png", rgb[..., ::-1])
-        stamp = 20_000_000_000
-        send(harness, stamp, CompressedImage(header=harness.header(stamp), format="rgb8; png compressed bgr8",
-                                             data=png.tobytes()), compressed=True)
-        assert wait_for(lambda: stamp in harness.depth)
-        depth = np.frombuffer(bytes(harness.depth[stamp].data), "<f4").reshape(48, 160)
-        np.testing.assert_allclose(depth, reference.infer(rgb).depth, rtol=1e-5)
+        assert wait_for(lambda: node.input_subscribed and harness.pub_image.get_subscription_count() > 0)
+        stamp = 13_000_000_000
+        harness.send(stamp, harness.rgb_image(stamp, make_rgb(3), frame_id=""))
+        assert wait_for(lambda: stamp in harness.depth and stamp in harness.points)
+        assert harness.depth[stamp].header.frame_id == "cam_override"
+        assert harness.points[stamp].header.frame_id == "cam_override"
     finally:
         spinner.stop()
         node.destroy_node()
         harness.node.destroy_node()
 
 
-def test_bad_messages_are_dropped_and_node_survives(node_setup, reference):
+def distorted_info(harness, stamp, d, model="plumb_bob"):
+    return harness.camera_info(stamp, d=d, model=model)
+
+
+def test_rectification_off_by_default_and_on_when_asked(node_setup, oracle):
+    """image_rect is the convention: a distorted camera_info does not make the node undistort unless rectify is
+    on; with it on, the network sees OpenCV's undistortion of the image (float maps, independent of ours)."""
+    from rclpy.parameter import Parameter
+
+    node, harness = node_setup
+    d = [-0.25, 0.08, 0.001, -0.002, 0.0]
+    rgb = make_rgb(41)
+    stamp = 14_000_000_001
+    harness.send(stamp, harness.rgb_image(stamp, rgb), info=distorted_info(harness, stamp, d))
+    assert wait_for(lambda: stamp in harness.depth)
+    np.testing.assert_allclose(depth_of(harness.depth[stamp]), oracle.depth(rgb, DEPTH_SCALE, MIN_RANGE, MAX_RANGE),
+                               rtol=1e-5, equal_nan=True)
+
+    assert node.set_parameters([Parameter("rectify", value=True)])[0].successful
+    try:
+        stamp = 14_000_000_002
+        harness.send(stamp, harness.rgb_image(stamp, rgb), info=distorted_info(harness, stamp, d))
+        assert wait_for(lambda: stamp in harness.depth and stamp in harness.info)
+        k = np.array([[FX, 0, CX], [0, FY, CY], [0, 0, 1]])
+        maps = cv2.initUndistortRectifyMap(k, np.array(d), np.eye(3), k, (W, H), cv2.CV_32FC1)
+        rectified = cv2.remap(rgb, *maps, interpolation=cv2.INTER_LINEAR)
+        got = depth_of(harness.depth[stamp])
+        want = oracle.depth(rectified, DEPTH_SCALE, MIN_RANGE, MAX_RANGE)
+        unrectified = oracle.depth(rgb, DEPTH_SCALE, MIN_RANGE, MAX_RANGE)
+        ok = np.isfinite(got) & np.isfinite(want) & np.isfinite(unrectified)
+        err_rect = np.median(np.abs(got[ok] - want[ok]) / want[ok])
+        err_raw = np.median(np.abs(got[ok] - unrectified[ok]) / unrectified[ok])
+        assert err_rect < 0.01 and err_raw > 3 * err_rect, (err_rect, err_raw)
+        assert list(harness.info[stamp].d) == [0.0] * 5
+    finally:
+        node.set_parameters([Parameter("rectify", value=False)])
+
+
+@pytest.mark.parametrize("case", ["three_coefficients", "zero_k", "huge_d", "nan_fx"])
+def test_bad_camera_info_is_refused_and_depth_continues(node_setup, oracle, case):
+    from rclpy.parameter import Parameter
+
+    node, harness = node_setup
+    assert node.set_parameters([Parameter("rectify", value=True)])[0].successful
+    try:
+        refused0 = node.stats.camera_info_refused
+        stamp = 15_000_000_000 + ["three_coefficients", "zero_k", "huge_d", "nan_fx"].index(case)
+        info = {"three_coefficients": lambda: distorted_info(harness, stamp, [-0.2, 0.05, 0.01]),
+                "zero_k": lambda: harness.camera_info(stamp, d=[-0.2, 0.05, 0, 0, 0], k=[0.0] * 9),
+                "huge_d": lambda: distorted_info(harness, stamp, [1e30, 0, 0, 0, 0]),
+                "nan_fx": lambda: harness.camera_info(stamp, fx=float("nan"))}[case]()
+        rgb = make_rgb(51)
+        harness.send(stamp, harness.rgb_image(stamp, rgb), info=info)
+        assert wait_for(lambda: stamp in harness.depth)
+        time.sleep(0.3)
+        assert stamp not in harness.points and stamp not in harness.info
+        assert node.stats.camera_info_refused > refused0
+        np.testing.assert_allclose(depth_of(harness.depth[stamp]),
+                                   oracle.depth(rgb, DEPTH_SCALE, MIN_RANGE, MAX_RANGE), rtol=1e-5, equal_nan=True)
+        from diagnostic_msgs.msg import DiagnosticStatus
+
+        assert node.diagnostic_status().level == DiagnosticStatus.WARN      # naming the camera_info problem
+        assert "camera_info" in node.diagnostic_status().message
+    finally:
+        node.set_parameters([Parameter("rectify", value=False)])
+    # a good camera_info brings the cloud back
+    stamp = 15_100_000_000 + stamp % 10
+    harness.send(stamp, harness.rgb_image(stamp, make_rgb(52)))
+    assert wait_for(lambda: stamp in harness.points)
+
+
+def test_compressed_input_and_its_pixel_limit(ros_context, small_onnx, oracle):
+    from sensor_msgs.msg import CompressedImage
+
+    node = start_node(ros_context, small_onnx, "depth_node_compressed", namespace="compressed",
+                      input_transport="compressed", min_range=0.0, max_range=1000.0)
+    harness = Harness(ros_context, namespace="compressed")
+    spinner = Spinner(ros_context, node, harness.node)
+    try:
+        assert wait_for(lambda: harness.pub_compressed.get_subscription_count() > 0)
+        rgb = make_rgb(5)
+        ok, png = cv2.imencode(".png", rgb[..., ::-1])
+        stamp = 20_000_000_000
+        harness.send(stamp, CompressedImage(header=harness.header(stamp), format="rgb8; png compressed bgr8",
+                                            data=png.tobytes()), compressed=True)
+        assert wait_for(lambda: stamp in harness.depth)
+        np.testing.assert_allclose(depth_of(harness.depth[stamp]), oracle.depth(rgb), rtol=1e-5)
+
+        # a small PNG whose header says 20000x20000: refused from the header, nothing decoded
+        ok, bomb = cv2.imencode(".png", np.zeros((20000, 20000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        assert len(bomb) < 2_000_000
+        bad0 = node.stats.bad
+        stamp = 20_000_000_001
+        t0 = time.monotonic()
+        harness.send(stamp, CompressedImage(header=harness.header(stamp), format="png", data=bomb.tobytes()),
+                     compressed=True)
+        assert wait_for(lambda: node.stats.bad > bad0)
+        assert stamp not in harness.depth
+        stamp = 20_000_000_002
+        harness.send(stamp, CompressedImage(header=harness.header(stamp), format="png", data=png.tobytes()),
+                     compressed=True)
+        assert wait_for(lambda: stamp in harness.depth)
+        assert node.stats.processed >= 2 and time.monotonic() - t0 < 60
+    finally:
+        spinner.stop()
+        node.destroy_node()
+        harness.node.destroy_node()
+
+
+def test_center_crop_and_input_resolution(ros_context, small_onnx, oracle):
+    """crop=center on a 400x200 image (the network's 10:3 needs rows 40..159) and output_resolution=input: depth at
+    400x200, NaN outside the crop, camera_info = the input's."""
+    node = start_node(ros_context, small_onnx, "depth_node_crop", namespace="crop", crop="center",
+                      output_resolution="input", min_range=0.0, max_range=1e4)
+    harness = Harness(ros_context, namespace="crop")
+    spinner = Spinner(ros_context, node, harness.node)
+    try:
+        assert wait_for(lambda: node.input_subscribed and harness.pub_image.get_subscription_count() > 0)
+        rgb = make_rgb(61, 400, 200)
+        stamp = 21_000_000_000
+        harness.send(stamp, harness.rgb_image(stamp, rgb),
+                     info=harness.camera_info(stamp, width=400, height=200, cy=99.5))
+        assert wait_for(lambda: stamp in harness.depth and stamp in harness.info and stamp in harness.points)
+        depth = depth_of(harness.depth[stamp])
+        assert depth.shape == (200, 400)
+        assert np.isnan(depth[:40]).all() and np.isnan(depth[160:]).all()
+        expected = cv2.resize(oracle.depth(rgb[40:160]), (400, 120), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(depth[40:160], expected, rtol=1e-5)
+        info = harness.info[stamp]
+        assert (info.width, info.height) == (400, 200)
+        np.testing.assert_allclose([info.p[0], info.p[5], info.p[2], info.p[6]], [FX, FY, CX, 99.5])
+    finally:
+        spinner.stop()
+        node.destroy_node()
+        harness.node.destroy_node()
+
+
+def test_bad_messages_are_dropped_and_node_survives(node_setup, oracle):
     node, harness = node_setup
     bad_before = node.stats.bad
     rgb = make_rgb(3)
@@ -223,25 +449,14 @@ def test_bad_messages_are_dropped_and_node_survives(node_setup, reference):
     for msg in bad:
         harness.pub_image.publish(msg)
         time.sleep(0.3)
-    assert wait_for(lambda: node.stats.bad - bad_before >= 4, 10)
+    assert wait_for(lambda: node.stats.bad - bad_before == 4, 10)
     assert not any(30_000_000_001 <= k <= 30_000_000_004 for k in harness.depth)
 
-    # NaN and zero intrinsics: depth still published, no cloud
-    for i, (fx, cx) in enumerate(((float("nan"), CX), (0.0, 0.0))):
-        stamp = 31_000_000_000 + i
-        harness.pub_info.publish(harness.camera_info(stamp, fx=fx, cx=cx))
-        time.sleep(0.1)
-        harness.pub_image.publish(harness.image(stamp, "rgb8", rgb.tobytes(), W * 3))
-        assert wait_for(lambda: stamp in harness.depth)
-        time.sleep(0.3)
-        assert stamp not in harness.points and stamp not in harness.info
-
-    # still alive and correct afterwards
     stamp = 32_000_000_000
-    send(harness, stamp, harness.image(stamp, "rgb8", rgb.tobytes(), W * 3))
+    harness.send(stamp, harness.rgb_image(stamp, rgb))
     assert wait_for(lambda: stamp in harness.points)
-    depth = np.frombuffer(bytes(harness.depth[stamp].data), "<f4").reshape(48, 160)
-    np.testing.assert_allclose(depth, expected_depth(reference, rgb), rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(depth_of(harness.depth[stamp]), oracle.depth(rgb, DEPTH_SCALE, MIN_RANGE, MAX_RANGE),
+                               rtol=1e-5, equal_nan=True)
 
 
 def test_burst_latest_wins(node_setup):
@@ -251,30 +466,37 @@ def test_burst_latest_wins(node_setup):
     harness.pub_info.publish(harness.camera_info(40_000_000_000))
     stamps = [40_000_000_000 + i for i in range(40)]
     for s in stamps:
-        harness.pub_image.publish(harness.image(s, "rgb8", rgb.tobytes(), W * 3))
+        harness.pub_image.publish(harness.rgb_image(s, rgb))
     assert wait_for(lambda: stamps[-1] in harness.depth, 20), "the newest frame of a burst must be processed"
     time.sleep(0.5)
     received = node.stats.received - received0
     processed = node.stats.processed - processed0
     dropped = node.stats.dropped - dropped0
-    # inference (tens of ms) is slower than the burst: frames were replaced in the one-slot mailbox
-    assert dropped > 0 and processed < received <= len(stamps)
-    assert processed + dropped == received
-    assert node._mailbox is None or isinstance(node._mailbox, tuple)   # one slot, never a queue
+    # the input's history (SensorDataQoS, keep last 5) and the one-slot mailbox both keep the newest frames:
+    # inference (tens of ms) is slower than the burst, so frames were replaced instead of queued
+    assert 5 <= received <= len(stamps)
+    assert dropped > 0 and processed + dropped == received
+    assert sum(s in harness.depth for s in stamps) == processed
+
+
+def test_input_gaps_are_counted_from_stamps(node_setup):
+    node, harness = node_setup
+    missing0 = node.stats.gaps.missing
+    rgb = make_rgb(8)
+    # 10 Hz stamps with frames 5, 6 and 9 never sent: 3 missing
+    stamps = [50_000_000_000 + i * 100_000_000 for i in range(12) if i not in (5, 6, 9)]
+    for s in stamps:
+        harness.pub_image.publish(harness.rgb_image(s, rgb))
+        time.sleep(0.12)
+    assert wait_for(lambda: node.stats.gaps.missing - missing0 >= 3, 5)
+    assert node.stats.gaps.missing - missing0 == 3
 
 
 def test_missing_camera_info_publishes_depth_only(ros_context, small_onnx):
-    from rclpy.parameter import Parameter
-
-    from spidepth_ros.ros.depth_node import DepthNode
-
-    node = DepthNode("depth_node_noinfo", context=ros_context, namespace="noinfo", parameter_overrides=[
-        Parameter("model_path", value=str(small_onnx))])
-    node.configure()
-    node.activate()
     from rclpy.node import Node
     from sensor_msgs.msg import Image, PointCloud2
 
+    node = start_node(ros_context, small_onnx, "depth_node_noinfo", namespace="noinfo")
     peer = Node("noinfo_peer", namespace="noinfo", context=ros_context)
     got_depth, got_points = [], []
     pub = peer.create_publisher(Image, "image", 10)
@@ -282,12 +504,12 @@ def test_missing_camera_info_publishes_depth_only(ros_context, small_onnx):
     peer.create_subscription(PointCloud2, "depth/points", got_points.append, 10)
     spinner = Spinner(ros_context, node, peer)
     try:
-        assert wait_for(lambda: pub.get_subscription_count() > 0 and node._pubs["points"].get_subscription_count() > 0)
+        assert wait_for(lambda: pub.get_subscription_count() > 0)
         rgb = make_rgb(9)
-        for i in range(3):
+        for _ in range(3):
             pub.publish(Image(height=H, width=W, encoding="rgb8", step=W * 3, data=rgb.tobytes()))
             time.sleep(0.3)
-        assert wait_for(lambda: len(got_depth) >= 2)
+        assert wait_for(lambda: len(got_depth) == 3)
         time.sleep(0.3)
         assert got_points == []
         assert "no_info" in node._warned_once
@@ -297,16 +519,62 @@ def test_missing_camera_info_publishes_depth_only(ros_context, small_onnx):
         peer.destroy_node()
 
 
-def test_diagnostics_report_counts(node_setup):
-    from diagnostic_msgs.msg import DiagnosticArray
+def test_lazy_unsubscribes_the_input_without_listeners(ros_context, small_onnx):
+    """lazy: the image is not even deserialised while nobody listens (image_pipeline's connect callbacks)."""
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    node = start_node(ros_context, small_onnx, "depth_node_lazy", namespace="lazy")
+    peer = Node("lazy_peer", namespace="lazy", context=ros_context)
+    pub = peer.create_publisher(Image, "image", 10)
+    spinner = Spinner(ros_context, node, peer)
+    try:
+        time.sleep(1.5)
+        assert not node.input_subscribed and pub.get_subscription_count() == 0
+        for i in range(3):
+            pub.publish(Image(height=H, width=W, encoding="rgb8", step=W * 3, data=make_rgb(i).tobytes()))
+        time.sleep(0.3)
+        assert node.stats.received == 0
+        assert "idle" in node.diagnostic_status().message
+        got = []
+        sub = peer.create_subscription(Image, "depth/colored", got.append, 10)
+        assert wait_for(lambda: node.input_subscribed and pub.get_subscription_count() == 1)
+        pub.publish(Image(height=H, width=W, encoding="rgb8", step=W * 3, data=make_rgb(4).tobytes()))
+        assert wait_for(lambda: len(got) == 1)
+        peer.destroy_subscription(sub)
+        assert wait_for(lambda: not node.input_subscribed)
+    finally:
+        spinner.stop()
+        node.destroy_node()
+        peer.destroy_node()
+
+
+def test_diagnostics_report_counts_and_go_stale(node_setup):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
     node, harness = node_setup
     got = []
     sub = harness.node.create_subscription(DiagnosticArray, "/diagnostics", got.append, 10)
     try:
-        assert wait_for(lambda: len(got) > 0, 10)
-        values = {kv.key: kv.value for kv in got[-1].status[0].values}
-        assert int(values["processed"]) >= 1 and "latency_p50_ms" in values
+        stamps = [60_000_000_000 + i * 200_000_000 for i in range(4)]       # 5 Hz for 0.6 s
+        for stamp in stamps:
+            harness.send(stamp, harness.rgb_image(stamp, make_rgb(2)))
+            time.sleep(0.15)
+        assert wait_for(lambda: all(s in harness.depth for s in stamps))
+        assert wait_for(lambda: any(s.name.startswith("/depth_node") for m in got for s in m.status), 10)
+        status = node.diagnostic_status()
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.OK and status.message == "running"
+        # 3 intervals over the ~0.6-1 s from the first of them to now: between 1 and 6 Hz
+        assert int(values["processed"]) == node.stats.processed and 1.0 < float(values["rate_hz"]) < 6.0
+        assert values["state"] == "active" and float(values["depth_scale"]) == DEPTH_SCALE
+        # input_timeout is 1 s: after 2.5 s without images the report says so, and the window rate has decayed
+        time.sleep(2.5)
+        status = node.diagnostic_status()
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.WARN and status.message.startswith("no images for")
+        assert float(values["seconds_since_last_image"]) >= 2.4
+        assert float(values["input_rate_hz"]) < 1.0
     finally:
         harness.node.destroy_subscription(sub)
 
@@ -320,7 +588,7 @@ def test_debug_level_logs_per_frame_timings(node_setup, capfd):
     logger.set_level(LoggingSeverity.DEBUG)
     try:
         stamp = 71_000_000_123
-        send(harness, stamp, harness.image(stamp, "rgb8", make_rgb(11).tobytes(), W * 3))
+        harness.send(stamp, harness.rgb_image(stamp, make_rgb(11)))
         assert wait_for(lambda: stamp in harness.depth, 20)
         time.sleep(0.2)
     finally:
@@ -328,7 +596,73 @@ def test_debug_level_logs_per_frame_timings(node_setup, capfd):
     line = next(x for x in capfd.readouterr().err.splitlines() if "frame 71.000000123" in x)
     assert f"{W}x{H}:" in line and "inference" in line and "preprocess" in line
     stamp2 = 72_000_000_000
-    send(harness, stamp2, harness.image(stamp2, "rgb8", make_rgb(12).tobytes(), W * 3))
+    harness.send(stamp2, harness.rgb_image(stamp2, make_rgb(12)))
     assert wait_for(lambda: stamp2 in harness.depth, 20)
     time.sleep(0.2)
     assert "frame 72.000000000" not in capfd.readouterr().err        # info level: no per-frame line
+
+
+def test_wrong_shape_model_is_refused_at_configure(ros_context, wrong_shape_onnx):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from spidepth_ros.ros.depth_node import DepthNode, StartupError
+
+    node = DepthNode("depth_node_wrong", namespace="wrong", context=ros_context,
+                     parameter_overrides=[Parameter("model_path", value=str(wrong_shape_onnx)),
+                                          Parameter("backend", value="onnxruntime")])
+    try:
+        with pytest.raises(StartupError, match=r"\(1, 1, 96, 320\).*promises \(1, 1, 48, 160\)"):
+            node.start_up()
+        assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS      # still unconfigured
+        assert node.pipeline is None and "promises" in node.diagnostic_status().message
+    finally:
+        node.destroy_node()
+
+
+def test_model_hot_swap_loses_no_frame_and_a_bad_model_keeps_the_old(ros_context, small_onnx, second_onnx,
+                                                                       wrong_shape_onnx):
+    """Frames stream at 5 Hz while model_path changes: every frame gets depth, from the old model before the swap
+    and the new one after; the new model's own depth_scale (3.0) applies since the parameter is 0 (the model's).
+    A wrong model is refused, the parameter goes back, and the running model keeps publishing."""
+    from rclpy.parameter import Parameter
+
+    node = start_node(ros_context, small_onnx, "depth_node_swap", namespace="swap", min_range=0.0, max_range=1e4)
+    harness = Harness(ros_context, namespace="swap")
+    spinner = Spinner(ros_context, node, harness.node)
+    first, second = HandOracle(small_onnx), HandOracle(second_onnx)
+    rgb = make_rgb(71)
+    try:
+        assert wait_for(lambda: node.input_subscribed and harness.pub_image.get_subscription_count() > 0)
+        stamps = [80_000_000_000 + i for i in range(25)]
+        for i, stamp in enumerate(stamps):
+            if i == 5:
+                assert node.set_parameters([Parameter("model_path", value=str(second_onnx))])[0].successful
+            harness.send(stamp, harness.rgb_image(stamp, rgb))
+            time.sleep(0.15)
+        assert wait_for(lambda: all(s in harness.depth for s in stamps)), \
+            f"{sum(s in harness.depth for s in stamps)} of {len(stamps)} frames got depth"
+        assert node.stats.dropped == 0 and node.stats.bad == 0
+        old, new = first.depth(rgb), second.depth(rgb, 3.0)
+        which = []
+        for s in stamps:
+            d = depth_of(harness.depth[s])
+            which.append("old" if np.allclose(d, old, rtol=1e-5) else "new" if np.allclose(d, new, rtol=1e-5)
+                         else "neither")
+        assert "neither" not in which and which[:5] == ["old"] * 5 and which[-1] == "new"
+        assert which == sorted(which, key=lambda x: x == "new")              # old ... old new ... new
+        assert node.active_model_path == str(second_onnx)
+
+        assert node.set_parameters([Parameter("model_path", value=str(wrong_shape_onnx))])[0].successful
+        assert wait_for(lambda: node.get_parameter("model_path").value == str(second_onnx), 20)
+        assert "refused" in node.model_status and "promises" in node.model_status
+        stamp = 81_000_000_000
+        harness.send(stamp, harness.rgb_image(stamp, rgb))
+        assert wait_for(lambda: stamp in harness.depth)
+        np.testing.assert_allclose(depth_of(harness.depth[stamp]), new, rtol=1e-5)
+        missing = node.set_parameters([Parameter("model_path", value="/no/such/model.onnx")])[0]
+        assert not missing.successful and "does not exist" in missing.reason
+    finally:
+        spinner.stop()
+        node.destroy_node()
+        harness.node.destroy_node()

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_yaml_documents_every_parameter_with_its_default():
-    data = yaml.safe_load((REPO / "config" / "depth.yaml").read_text())["depth_node"]["ros__parameters"]
+    data = yaml.safe_load((REPO / "config" / "depth.yaml").read_text())["/**"]["ros__parameters"]
     table = {p.name: p.default for p in PARAMETERS}
     assert set(data) == set(table)
     for name, default in table.items():

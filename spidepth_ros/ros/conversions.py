@@ -36,18 +36,16 @@ def image_msg(header, arr: np.ndarray, encoding: str) -> Image:
                  data=_bytes_field(data))
 
 
-def intrinsics_from_camera_info(msg: CameraInfo) -> PinholeIntrinsics:
-    """Pinhole model from P (as image_geometry does); K if P is unset."""
-    p = list(msg.p)
-    source = p if len(p) == 12 and p[0] > 0 else list(msg.k)
-    return PinholeIntrinsics.from_projection(source, msg.width, msg.height)
+def camera_info_msg(header, intr: PinholeIntrinsics, tx: float = 0.0, ty: float = 0.0) -> CameraInfo:
+    """CameraInfo of a rectified depth image: K = P[:3,:3], D = 0, R = I, no binning/ROI.
 
-
-def camera_info_msg(header, intr: PinholeIntrinsics) -> CameraInfo:
-    """CameraInfo of a rectified depth image: K = P[:3,:3], D = 0, R = I, no binning/ROI."""
+    ``tx``/``ty`` are P[0,3]/P[1,3] at this image's scale (-fx*baseline for the right camera of a stereo pair):
+    kept, so that P is the input's P scaled exactly.
+    """
     k = intr.matrix()
     p = np.zeros((3, 4))
     p[:3, :3] = k
+    p[0, 3], p[1, 3] = tx, ty
     return CameraInfo(header=header, height=intr.height, width=intr.width, distortion_model="plumb_bob",
                       d=[0.0] * 5, k=k.ravel().tolist(), r=np.eye(3).ravel().tolist(), p=p.ravel().tolist())
 

@@ -5,6 +5,7 @@ read-only flags), ``config/depth.yaml`` documents the same names, and a test che
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -13,6 +14,12 @@ from ..runtime.preprocess import CROP_MODES
 
 OUTPUT_RESOLUTIONS = ("network", "input")
 INPUT_TRANSPORTS = ("raw", "compressed")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+class ParameterError(ValueError):
+    """A parameter value cannot be used; the message names the parameter and what it accepts."""
 
 
 @dataclass(frozen=True)
@@ -25,29 +32,42 @@ class ParamSpec:
     max_value: Optional[float] = None
     read_only: bool = True       # changing these needs a new model/engine: restart the node
 
+    @property
+    def type_name(self) -> str:
+        return {bool: "a boolean (true/false)", int: "an integer", float: "a double (write 80.0, not 80)",
+                str: "a string"}[type(self.default)]
+
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("model_path", "", "Model to run: a TensorRT .engine, an .onnx (with its .onnx.json sidecar), our "
-              ".pt checkpoint or an official SPIdepth weights folder."),
+              ".pt checkpoint or an official SPIdepth weights folder. Setting it while the node runs loads the new "
+              "model in the background and swaps it in between frames; a model that fails to load is refused "
+              "and the old one keeps running.", read_only=False),
+    ParamSpec("autostart", True, "Configure and activate at start-up. false leaves the managed (lifecycle) node "
+              "unconfigured for a lifecycle manager (nav2_lifecycle_manager, `ros2 lifecycle set`)."),
     ParamSpec("backend", "auto", "Inference backend; auto = TensorRT if available for .onnx/.engine, else ONNX "
               "Runtime; torch for checkpoints.", choices=BACKENDS),
-    ParamSpec("device", "auto", "Device for onnxruntime/torch: auto, cpu, cuda or cuda:N."),
+    ParamSpec("device", "auto", "Device: auto, cpu, cuda or cuda:N (the GPU for TensorRT, onnxruntime and "
+              "torch)."),
     ParamSpec("precision", "fp16", "TensorRT engine / torch CUDA precision.", choices=("fp16", "fp32")),
     ParamSpec("engine_cache_dir", "", "Where TensorRT engines built from ONNX are cached (default: beside the "
               "ONNX). Engines are keyed by ONNX hash, size, precision, TensorRT version and GPU."),
     ParamSpec("threads", 0, "CPU threads for ONNX Runtime (0 = its default).", min_value=0, max_value=256),
     ParamSpec("input_transport", "raw", "Subscribe to sensor_msgs/Image on 'image' (raw) or "
               "sensor_msgs/CompressedImage on 'image/compressed' (jpeg/png).", choices=INPUT_TRANSPORTS),
-    ParamSpec("rectify", True, "If camera_info has non-zero D, undistort the input with (K, D, R, P) before "
-              "inference; set false when the image topic is already rectified (image_rect).", read_only=False),
+    ParamSpec("rectify", False, "Undistort the input with camera_info (K, D, R, P; equidistant via cv2.fisheye) "
+              "before inference. Off by default: image_rect + its camera_info is the convention, and undistorting "
+              "a rectified image twice bends it. Turn on only for image_raw with a distorted camera_info.",
+              read_only=False),
     ParamSpec("crop", "none", "Before resizing to the network size: none (stretch) or center (crop to the "
               "network's aspect ratio). CameraInfo is transformed to match.", choices=CROP_MODES),
     ParamSpec("output_resolution", "network", "Publish depth at the network output size (H/2 x W/2, cheaper "
               "clouds) or at the input image size (pairs with depth_image_proc's xyzrgb).",
               choices=OUTPUT_RESOLUTIONS),
-    ParamSpec("depth_scale", 1.0, "Factor from model units to metres. Monocular self-supervised weights are "
-              "scale-ambiguous: calibrate it (e.g. spidepth-eval's median scale) or use metric weights.",
-              min_value=1e-6, max_value=1e6, read_only=False),
+    ParamSpec("depth_scale", 0.0, "Factor from model units to metres; 0 = the model's own scale (its sidecar's "
+              "or checkpoint's depth_scale, 1.0 if it has none). Monocular self-supervised weights are "
+              "scale-ambiguous: calibrate it (spidepth-eval --camera-height, or its median scale).",
+              min_value=0.0, max_value=1e6, read_only=False),
     ParamSpec("min_range", 0.1, "Depths below this (metres, after scaling) are published as NaN.",
               min_value=0.0, max_value=1e4, read_only=False),
     ParamSpec("max_range", 80.0, "Depths above this (metres, after scaling) are published as NaN.",
@@ -62,6 +82,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("lazy", True, "Skip inference while no output has a subscriber.", read_only=False),
     ParamSpec("frame_id_override", "", "Frame to stamp outputs with if the input header's frame_id is empty "
               "(never invented otherwise)."),
+    ParamSpec("input_timeout", 3.0, "Seconds without an input image after which /diagnostics reports WARN "
+              "'no images for N s' (while an output has subscribers).", min_value=0.1, max_value=3600.0),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages (0 disables).",
               min_value=0.0, max_value=3600.0),
     ParamSpec("warn_throttle", 5.0, "Minimum seconds between repeated warnings of the same kind.",
@@ -72,6 +94,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
 @dataclass(frozen=True)
 class NodeParams:
     model_path: str
+    autostart: bool
     backend: str
     device: str
     precision: str
@@ -90,29 +113,45 @@ class NodeParams:
     publish_colored: bool
     lazy: bool
     frame_id_override: str
+    input_timeout: float
     diagnostics_period: float
     warn_throttle: float
 
-    def validate(self) -> None:
-        """Raise ValueError with the fix for any bad combination."""
-        if not self.model_path:
-            raise ValueError("parameter model_path is empty: set it to a .engine, .onnx, .pt or weights folder")
+    def validate(self, require_model: bool = True) -> None:
+        """Raise :class:`ParameterError` naming the parameter and its allowed values for any bad value.
+
+        ``require_model=False`` accepts an empty model_path (a lifecycle manager may set it before configure).
+        """
+        if require_model and not self.model_path:
+            raise ParameterError("parameter model_path is empty: set it to a .engine, .onnx, .pt or weights folder")
         for spec in PARAMETERS:
             value = getattr(self, spec.name)
+            # bool is an int in Python: compare exact types so that `cloud_stride: true` is refused too
+            if type(value) is not type(spec.default):
+                raise ParameterError(f"parameter {spec.name}={value!r} must be {spec.type_name}")
             if spec.choices and value not in spec.choices:
-                raise ValueError(f"parameter {spec.name}={value!r} must be one of {list(spec.choices)}")
+                raise ParameterError(f"parameter {spec.name}={value!r} must be one of {list(spec.choices)}")
             if spec.min_value is not None and not (spec.min_value <= value <= spec.max_value):
-                raise ValueError(f"parameter {spec.name}={value} must lie in [{spec.min_value}, {spec.max_value}]")
+                raise ParameterError(f"parameter {spec.name}={value} must lie in [{spec.min_value}, "
+                                     f"{spec.max_value}]")
+        if not DEVICE_PATTERN.match(self.device):
+            raise ParameterError(f"parameter device={self.device!r} must be one of {DEVICE_CHOICES}")
         if self.max_range <= self.min_range:
-            raise ValueError(f"max_range ({self.max_range}) must be greater than min_range ({self.min_range})")
+            raise ParameterError(f"parameter max_range ({self.max_range}) must be greater than min_range "
+                                 f"({self.min_range})")
 
 
 assert [f.name for f in fields(NodeParams)] == [p.name for p in PARAMETERS], "PARAMETERS and NodeParams diverged"
 
 
 def declare_parameters(node) -> NodeParams:
-    """Declare all parameters on ``node`` (rclpy) and return their values frozen and validated."""
+    """Declare all parameters on ``node`` (rclpy) and return their values frozen and checked.
+
+    Raises :class:`ParameterError` (one line: the parameter and what it accepts) for a value of the wrong type
+    or outside its range; an empty model_path is left for configure to refuse.
+    """
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
     values = {}
     for spec in PARAMETERS:
@@ -128,9 +167,15 @@ def declare_parameters(node) -> NodeParams:
             else:
                 desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min_value),
                                                                 to_value=float(spec.max_value), step=0.0)]
-        values[spec.name] = node.declare_parameter(spec.name, spec.default, desc).value
+        try:
+            values[spec.name] = node.declare_parameter(spec.name, spec.default, desc).value
+        except InvalidParameterTypeException:
+            raise ParameterError(f"parameter {spec.name} must be {spec.type_name}") from None
+        except InvalidParameterValueException:
+            raise ParameterError(f"parameter {spec.name} must lie in [{spec.min_value}, {spec.max_value}]") \
+                from None
     params = NodeParams(**values)
-    params.validate()
+    params.validate(require_model=False)
     return params
 
 

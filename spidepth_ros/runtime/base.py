@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from .metadata import ModelMetadata
+from .metadata import MetadataError, ModelMetadata
 from .preprocess import PreparedImage, Preprocessor, depth_to_input_resolution
 
 
@@ -42,10 +42,30 @@ class DepthEstimator(abc.ABC):
 
     # lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> "DepthEstimator":
+        """Load the model and check, with one inference on a grey image, that it returns the promised shape.
+
+        Raises :class:`MetadataError` naming both shapes if the model disagrees with its metadata (a wrong
+        model must fail here, at start-up, not drop every frame later).
+        """
         if not self._started:
             self._start()
             self._started = True
+            try:
+                self.check_output_shape()
+            except BaseException:
+                self.stop()
+                raise
         return self
+
+    def check_output_shape(self) -> None:
+        meta = self.metadata
+        expected = (1, 1, meta.output_height, meta.output_width)
+        probe = np.full((1, 3, meta.input_height, meta.input_width), 0.5, np.float32)
+        out = np.asarray(self.infer_tensor(probe))
+        if tuple(out.shape) != expected:
+            raise MetadataError(f"{self.name} model returns depth of shape {tuple(out.shape)} for input "
+                                f"{probe.shape}, but its metadata promises {expected}: the model and its sidecar "
+                                "do not belong together; re-export it with spidepth-export")
 
     def stop(self) -> None:
         if self._started:

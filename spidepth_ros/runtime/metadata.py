@@ -42,6 +42,10 @@ class ModelMetadata:
                                "weights; scale-ambiguous for monocular self-supervised weights: multiply by a "
                                "calibrated depth_scale), at half the input resolution")
     depth_units: str = "model"
+    # model units -> metres as calibrated for these weights (the checkpoint's depth_scale: median scaling on a
+    # validation bag, or spidepth-eval --camera-height); the node multiplies by it unless its depth_scale
+    # parameter overrides it
+    depth_scale: float = 1.0
     batch: int = 1
     dynamic_batch: bool = False
     opset: int = 0
@@ -81,6 +85,12 @@ class ModelMetadata:
             raise MetadataError(f"{where} has version {data['version']}; this spidepth_ros reads up to "
                                 f"{SIDECAR_VERSION}: upgrade the package")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        if "depth_scale" not in data and isinstance(data.get("extra"), dict):
+            kwargs["depth_scale"] = data["extra"].get("depth_scale_hint") or 1.0   # sidecars before the field
+        scale = kwargs.get("depth_scale", 1.0)
+        if not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+            raise MetadataError(f"{where} has depth_scale {scale!r}; it must be a positive number")
+        kwargs["depth_scale"] = float(scale)
         return cls(**kwargs)
 
 
@@ -90,9 +100,9 @@ def sidecar_path(model_path: str | Path) -> Path:
 
 
 def write_sidecar(model_path: str | Path, meta: ModelMetadata) -> Path:
-    path = sidecar_path(model_path)
-    path.write_text(meta.to_json())
-    return path
+    from ..files import atomic_write_bytes
+
+    return atomic_write_bytes(sidecar_path(model_path), meta.to_json().encode())
 
 
 def read_sidecar(model_path: str | Path) -> ModelMetadata:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import file_sha256
+from ..files import file_sha256
 from .base import BackendUnavailable, DepthEstimator
 from .metadata import MetadataError, check_model_hash, read_sidecar
 

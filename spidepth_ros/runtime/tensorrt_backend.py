@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..checkpoint import file_sha256
+from ..files import file_sha256
 from .base import BackendUnavailable, DepthEstimator
 from .metadata import MetadataError, ModelMetadata, read_sidecar, sidecar_path
 

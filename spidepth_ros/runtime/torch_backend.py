@@ -24,8 +24,10 @@ class TorchDepthEstimator(DepthEstimator):
         self.weights = load_weights(weights_path, preset)
         path = Path(weights_path)
         sha = file_sha256(path) if path.is_file() else ""
+        scale = self.weights.extra.get("depth_scale") or 1.0
         super().__init__(ModelMetadata.from_preset(self.weights.preset, checkpoint_sha256=sha,
-                                                   precision="fp16" if half else "fp32"), crop)
+                                                   precision="fp16" if half else "fp32",
+                                                   depth_scale=float(scale)), crop)
         self.device_name = device
         self.half = half
         self.model = None

@@ -23,13 +23,29 @@ from typing import Optional
 
 import numpy as np
 
-DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "demo_small.pt"
+DEMO_WEIGHTS_NAME = "demo_small.pt"
+
+
+def find_demo_weights() -> Path:
+    """The committed demo weights: in the source tree, else where setup.py installs them (share/spidepth_ros)."""
+    source = Path(__file__).resolve().parents[2] / "models" / DEMO_WEIGHTS_NAME
+    if source.exists():
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("spidepth_ros")) / "models" / DEMO_WEIGHTS_NAME
+    except (ImportError, LookupError):
+        return Path(sys.prefix) / "share" / "spidepth_ros" / "models" / DEMO_WEIGHTS_NAME
+
+
+DEMO_WEIGHTS = find_demo_weights()
 DEMO_SEED = 200
 NS = "/camera"
 
 
 def ensure_bag(path: Path, frames: int, seed: int) -> Path:
-    from .synth import SynthConfig, write_bag
+    from ..synth import SynthConfig, write_bag
 
     if (path / "metadata.yaml").exists():
         return path
@@ -39,18 +55,28 @@ def ensure_bag(path: Path, frames: int, seed: int) -> Path:
 
 def read_bag(path: Path) -> tuple[list, dict, object]:
     """Frames (stamp, rgb), ground truth by stamp, and the CameraInfo calibration of the bag."""
-    from .bagio import iter_images, read_camera_info
+    from ..bagio import iter_images, read_camera_info
 
     frames = list(iter_images([path], f"{NS}/image_raw"))
     gt = dict(iter_images([path], f"{NS}/depth", depth=True))
     return frames, gt, read_camera_info([path], f"{NS}/camera_info")
 
 
-def start_node(model: Path, depth_scale: float, log_path: Path) -> subprocess.Popen:
+def reliable_input_args(namespace: str, image_topic: str = "image_raw") -> list[str]:
+    """--ros-args that make the node's inputs reliable: the node defaults to best effort (SensorDataQoS), which
+    loses large frames in transport on a busy machine; a player that counts frames must not lose any."""
+    args = []
+    for topic in (image_topic, "camera_info"):
+        args += ["-p", f"qos_overrides.{namespace}/{topic}.subscription.reliability:=reliable"]
+    return args
+
+
+def start_node(model: Path, log_path: Path) -> subprocess.Popen:
+    """depth_node as its own process; depth_scale comes from the model's sidecar (the checkpoint's scale)."""
     cmd = [sys.executable, "-m", "spidepth_ros.ros.depth_node", "--ros-args", "-r", f"__ns:={NS}",
            "-r", "image:=image_raw", "-p", f"model_path:={model}", "-p", "backend:=onnxruntime",
-           "-p", f"depth_scale:={depth_scale}", "-p", "min_range:=0.1", "-p", "max_range:=60.0",
-           "-p", "lazy:=true", "-p", "diagnostics_period:=1.0"]
+           "-p", "min_range:=0.1", "-p", "max_range:=60.0",
+           "-p", "lazy:=true", "-p", "diagnostics_period:=1.0", *reliable_input_args(NS)]
     return subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -65,7 +91,7 @@ def play_and_collect(frames: list, calib, rate_scale: float = 1.0, timeout: floa
     from std_msgs.msg import Header
     from tqdm import tqdm
 
-    from .ros.conversions import camera_info_msg, image_msg
+    from .conversions import camera_info_msg, image_msg
 
     rclpy.init()
     node = Node("spidepth_demo_player", namespace=NS)
@@ -146,7 +172,7 @@ def montage(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path) -
     """input | predicted depth | ground truth, one row per frame, common colour scale per row."""
     import cv2
 
-    from .colorize import colorize_depth
+    from ..colorize import colorize_depth
 
     tiles = []
     for rgb, pred, gt in rows:
@@ -163,7 +189,7 @@ def montage(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path) -
 
 
 def evaluate(received: dict, gt: dict, min_depth: float, max_depth: float) -> dict:
-    from .metrics import EvalSettings, evaluate_frame, summarize
+    from ..metrics import EvalSettings, evaluate_frame, summarize
 
     fixed, median = [], []
     for stamp, msg in received.items():
@@ -181,18 +207,16 @@ def evaluate(received: dict, gt: dict, min_depth: float, max_depth: float) -> di
 
 def run_demo(out: Path, frames: int = 80, seed: int = DEMO_SEED, weights: Path = DEMO_WEIGHTS,
              bag: Optional[Path] = None, rate_scale: float = 1.0) -> dict:
-    from .checkpoint import load_weights
-    from .export import export_onnx
+    from ..export import export_onnx
 
     out.mkdir(parents=True, exist_ok=True)
     if not weights.exists():
         raise FileNotFoundError(f"demo weights {weights} are missing; `make demo-weights` re-creates them")
     bag = ensure_bag(bag or out / f"heldout_seed{seed}_{frames}f", frames, seed)
-    loaded = load_weights(weights)
-    depth_scale = float(loaded.extra.get("depth_scale", 1.0))
     onnx_path, meta = export_onnx(weights, out / "model" / "demo_small.onnx")
+    depth_scale = meta.depth_scale       # carried from the checkpoint into the sidecar; the node applies it
     frames_list, gt, calib = read_bag(bag)
-    proc = start_node(onnx_path, depth_scale, out / "node.log")
+    proc = start_node(onnx_path, out / "node.log")
     try:
         got = play_and_collect(frames_list, calib, rate_scale)
     finally:

@@ -1,0 +1,246 @@
+"""depth_node as a process, as a user runs it: lifecycle services driven from this (second) process, the shipped
+YAML under a namespace, one FATAL line for bad parameters, quiet exits on SIGINT/SIGTERM (streaming or loading),
+and no torch in a node that runs an ONNX model."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import requires_ros2
+from rosutil import Spinner, wait_for
+
+pytestmark = requires_ros2
+REPO = Path(__file__).resolve().parent.parent
+W, H = 320, 96
+
+
+def node_cmd(*ros_args: str) -> list[str]:
+    return [sys.executable, "-m", "spidepth_ros.ros.depth_node", "--ros-args", *ros_args]
+
+
+def reliable(namespace: str) -> list[str]:
+    return [a for t in ("image", "camera_info")
+            for a in ("-p", f"qos_overrides./{namespace}/{t}.subscription.reliability:=reliable")]
+
+
+def spawn(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, sig=None, timeout: float = 20.0) -> tuple[int, str, float]:
+    """Send ``sig`` (if any) and return (exit code, output, seconds to exit)."""
+    t0 = time.monotonic()
+    if sig is not None:
+        proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"node did not exit within {timeout} s of {sig}:\n{out}")
+    return proc.returncode, out, time.monotonic() - t0
+
+
+def assert_quiet_exit(code: int, out: str) -> None:
+    assert code == 0, out
+    for bad in ("Traceback", "Failed to publish", "context is invalid", "FATAL", "dropping frame"):
+        assert bad not in out, out
+
+
+class Camera:
+    """A camera publisher and a depth subscriber under one namespace, in this process."""
+
+    def __init__(self, context, namespace: str) -> None:
+        from rclpy.node import Node
+        from sensor_msgs.msg import CameraInfo, Image
+
+        self.node = Node("test_camera", namespace=namespace, context=context)
+        self.pub = self.node.create_publisher(Image, "image", 10)
+        self.pub_info = self.node.create_publisher(CameraInfo, "camera_info", 10)
+        self.depth: list = []
+        self.node.create_subscription(Image, "depth/image", self.depth.append, 10)
+        self.rgb = (np.random.default_rng(0).random((H, W, 3)) * 255).astype(np.uint8)
+        self.count = 0
+
+    def publish(self) -> None:
+        from builtin_interfaces.msg import Time
+        from sensor_msgs.msg import CameraInfo, Image
+        from std_msgs.msg import Header
+
+        self.count += 1
+        header = Header(stamp=Time(sec=1000 + self.count), frame_id="cam")
+        self.pub_info.publish(CameraInfo(header=header, width=W, height=H, k=[100.0, 0, 160, 0, 100.0, 48, 0, 0, 1],
+                                         p=[100.0, 0, 160, 0, 0, 100.0, 48, 0, 0, 0, 1, 0]))
+        self.pub.publish(Image(header=header, height=H, width=W, encoding="rgb8", step=W * 3,
+                               data=self.rgb.tobytes()))
+
+
+def lifecycle_call(node, namespace: str, transition: str | None):
+    """ChangeState (by label) or GetState through the node's standard lifecycle services."""
+    import rclpy
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    if transition is None:
+        client = node.create_client(GetState, f"/{namespace}/depth_node/get_state")
+        request = GetState.Request()
+    else:
+        client = node.create_client(ChangeState, f"/{namespace}/depth_node/change_state")
+        ids = {"configure": Transition.TRANSITION_CONFIGURE, "activate": Transition.TRANSITION_ACTIVATE,
+               "deactivate": Transition.TRANSITION_DEACTIVATE, "cleanup": Transition.TRANSITION_CLEANUP,
+               "shutdown": Transition.TRANSITION_INACTIVE_SHUTDOWN}
+        request = ChangeState.Request(transition=Transition(id=ids[transition]))
+    assert client.wait_for_service(timeout_sec=30.0)
+    future = client.call_async(request)
+    assert wait_for(future.done, 60)
+    node.destroy_client(client)
+    result = future.result()
+    return result.current_state.label if transition is None else result.success
+
+
+def test_lifecycle_driven_from_another_process(ros_context, small_onnx):
+    ns = "lifecycle"
+    proc = spawn(node_cmd("-r", f"__ns:=/{ns}", "-p", f"model_path:={small_onnx}", "-p", "backend:=onnxruntime",
+                          "-p", "autostart:=false", *reliable(ns)))
+    cam = Camera(ros_context, ns)
+    spinner = Spinner(ros_context, cam.node)
+    try:
+        assert lifecycle_call(cam.node, ns, None) == "unconfigured"
+        assert cam.node.count_publishers(f"/{ns}/depth/image") == 0
+        assert lifecycle_call(cam.node, ns, "configure")
+        assert lifecycle_call(cam.node, ns, None) == "inactive"
+        assert wait_for(lambda: cam.node.count_publishers(f"/{ns}/depth/image") == 1)
+        assert cam.pub.get_subscription_count() == 0               # inactive: not subscribed to the camera
+        assert lifecycle_call(cam.node, ns, "activate")
+        assert lifecycle_call(cam.node, ns, None) == "active"
+        assert wait_for(lambda: cam.pub.get_subscription_count() == 1)
+        cam.publish()
+        assert wait_for(lambda: len(cam.depth) == 1)
+        assert lifecycle_call(cam.node, ns, "deactivate")
+        assert wait_for(lambda: cam.pub.get_subscription_count() == 0)
+        cam.publish()
+        time.sleep(1.0)
+        assert len(cam.depth) == 1                                 # inactive: nothing published
+        assert lifecycle_call(cam.node, ns, "cleanup")
+        assert lifecycle_call(cam.node, ns, None) == "unconfigured"
+        assert wait_for(lambda: cam.node.count_publishers(f"/{ns}/depth/image") == 0)
+        assert lifecycle_call(cam.node, ns, "configure") and lifecycle_call(cam.node, ns, "activate")
+        assert wait_for(lambda: cam.pub.get_subscription_count() == 1)
+        cam.publish()
+        assert wait_for(lambda: len(cam.depth) == 2)
+        assert lifecycle_call(cam.node, ns, "deactivate") and lifecycle_call(cam.node, ns, "shutdown")
+        assert lifecycle_call(cam.node, ns, None) == "finalized"
+        code, out, _ = finish(proc, signal.SIGTERM)
+        assert_quiet_exit(code, out)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        spinner.stop()
+        cam.node.destroy_node()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGTERM])
+def test_signal_while_streaming_exits_zero_quietly(ros_context, small_onnx, sig):
+    ns = f"stream_{sig.name.lower()}_{time.monotonic_ns() % 100000}"
+    proc = spawn(node_cmd("-r", f"__ns:=/{ns}", "-p", f"model_path:={small_onnx}", "-p", "backend:=onnxruntime",
+                          *reliable(ns)))
+    cam = Camera(ros_context, ns)
+    spinner = Spinner(ros_context, cam.node)
+    try:
+        assert wait_for(lambda: cam.pub.get_subscription_count() == 1, 30)
+        for _ in range(10):
+            cam.publish()
+            time.sleep(0.03)
+        assert wait_for(lambda: len(cam.depth) >= 1)
+        for _ in range(5):                   # the signal lands while frames are being processed
+            cam.publish()
+        code, out, _ = finish(proc, sig)
+        assert_quiet_exit(code, out)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        spinner.stop()
+        cam.node.destroy_node()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_model_load_exits_zero_quickly(small_checkpoint, sig):
+    """A torch checkpoint takes seconds to load (importing torch alone): a signal then stops it at once."""
+    proc = spawn(node_cmd("-r", "__ns:=/loading", "-p", f"model_path:={small_checkpoint}", "-p", "backend:=torch"))
+    lines = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "loading model" in line or not line:
+            break
+    assert "loading model" in lines[-1], "".join(lines)
+    code, out, seconds = finish(proc, sig)
+    out = "".join(lines) + out
+    assert_quiet_exit(code, out)
+    assert f"{sig.name} during start-up" in out
+    assert seconds < 5.0
+
+
+@pytest.mark.parametrize("arg,names", [
+    ("model_path:=''", ("model_path", "empty")), ("backend:=banana", ("backend", "onnxruntime")),
+    ("depth_scale:=-1.0", ("depth_scale", "[0.0,")), ("max_range:=80", ("max_range", "double")),
+    ("cloud_stride:=0", ("cloud_stride", "[1, 64]")), ("device:=banana", ("device", "cuda:N")),
+    ("model_path:=/no/such.onnx", ("/no/such.onnx", "does not exist"))])
+def test_bad_parameters_give_one_fatal_line_and_exit_1(small_onnx, arg, names):
+    args = ["-p", f"model_path:={small_onnx}", "-p", arg] if not arg.startswith("model_path") else ["-p", arg]
+    proc = spawn(node_cmd("-r", "__ns:=/badparam", "-p", "backend:=onnxruntime", *args)
+                 if "backend" not in arg else node_cmd("-r", "__ns:=/badparam", *args))
+    code, out, _ = finish(proc)
+    lines = [x for x in out.splitlines() if x.strip()]
+    assert code == 1, out
+    assert "Traceback" not in out and len([x for x in lines if "FATAL" in x]) == 1, out
+    fatal = next(x for x in lines if "FATAL" in x)
+    assert all(n in fatal for n in names), fatal
+    assert not [x for x in lines if "ERROR" in x], out
+
+
+def test_onnx_node_does_not_import_torch(small_onnx):
+    code = ("import sys, rclpy\n"
+            "from rclpy.parameter import Parameter\n"
+            "from spidepth_ros.ros.depth_node import DepthNode\n"
+            "rclpy.init()\n"
+            f"node = DepthNode(namespace='notorch', parameter_overrides=[Parameter('model_path', value={str(small_onnx)!r}),"
+            " Parameter('backend', value='auto')])\n"
+            "node.start_up()\n"
+            "print('TORCH_LOADED', 'torch' in sys.modules, node.pipeline.estimator.name)\n"
+            "node.destroy_node(); rclpy.shutdown()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "TORCH_LOADED False onnxruntime" in out.stdout, out.stdout + out.stderr
+
+
+def test_shipped_yaml_applies_under_a_namespace(tmp_path, small_onnx):
+    """The launch file passes config/depth.yaml to a node in the user's namespace: its values must arrive."""
+    import rclpy
+
+    from spidepth_ros.ros.depth_node import DepthNode
+
+    data = yaml.safe_load((REPO / "config" / "depth.yaml").read_text())
+    data["/**"]["ros__parameters"].update(depth_scale=3.5, model_path=str(small_onnx), cloud_stride=2)
+    params_file = tmp_path / "depth.yaml"
+    params_file.write_text(yaml.safe_dump(data))
+    context = rclpy.Context()
+    rclpy.init(context=context, args=["--ros-args", "--params-file", str(params_file)])
+    try:
+        node = DepthNode(namespace="robot1", context=context)
+        assert node.get_fully_qualified_name() == "/robot1/depth_node"
+        assert (node.params.depth_scale, node.params.cloud_stride, node.params.model_path) == \
+            (3.5, 2, str(small_onnx))
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
