@@ -16,7 +16,20 @@ STAMP := $(VENV)/.setup-$(shell cat requirements-dev.txt setup.py | sha1sum | cu
 
 .PHONY: setup test demo bench lint clean colcon-check
 
-setup: $(STAMP)
+# TensorRT 10 and 11 Python bindings wheels (not installed: they need libnvinfer), for test_tensorrt_api.py
+TRT_WHEELS := .cache/tensorrt-wheels
+TRT_STAMP := $(TRT_WHEELS)/.downloaded
+trt_download = $(VPY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+	--platform manylinux_2_28_x86_64 -d $(TRT_WHEELS) "tensorrt-cu12-bindings$(1)" 2>&1 | \
+	{ grep -v "is ignored: it is neither" || true; }
+
+setup: $(STAMP) $(TRT_STAMP)
+
+$(TRT_STAMP): | $(STAMP)
+	@mkdir -p $(TRT_WHEELS)
+	set -o pipefail; $(call trt_download,==10.*)
+	set -o pipefail; $(call trt_download,==11.*)
+	@touch $@
 
 $(STAMP): requirements-dev.txt setup.py
 	@test -x $(VPY) || $(PY) -m venv $(VENV)

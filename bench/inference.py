@@ -1,8 +1,11 @@
 """Inference latency (p50/p95) per backend and the ratio to torch eager, measured side by side in one run.
 
     python bench/inference.py [--presets small_r18_96x320 resnet50_192x640] [--repeats 30]
+    SPIDEPTH_OFFICIAL_REPO=/path/to/SPIdepth python bench/inference.py --presets resnet50_192x640
 
 Random-init weights (latency does not depend on the values). TensorRT and CUDA rows appear where they exist.
+Where SPIDEPTH_OFFICIAL_REPO points at a checkout of the official code, two more rows run the same weights
+through it: the official PyTorch modules (eager) and the official model exported naively to ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -43,6 +46,41 @@ def estimators(ckpt: Path, onnx: Path):
         print(f"  (tensorrt skipped: {type(exc).__name__}: {str(exc)[:80]})")
 
 
+def official_rows(preset, ckpt: Path, tmp: Path, x: np.ndarray, repeats: int) -> list:
+    """Official eager and official-naive-ONNX Runtime latencies on our checkpoint's weights (if a checkout exists)."""
+    from spidepth_ros.checkpoint import load_weights
+    from spidepth_ros.tools.official import build_official, official_depth, official_repo
+
+    repo = official_repo()
+    if repo is None:
+        return []
+    import onnxruntime as ort
+
+    enc, dec = build_official(preset, repo)
+    weights = load_weights(ckpt)
+    enc.load_state_dict(weights.encoder)
+    dec.load_state_dict(weights.depth_head)
+
+    class Official(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc, self.dec = enc, dec
+
+        def forward(self, image):
+            return official_depth(self.enc, self.dec, image)
+
+    model = Official().eval()
+    xt = torch.from_numpy(x)
+    with torch.inference_mode():
+        eager = p50_p95(time_ms(lambda: model(xt), repeats))
+    naive = tmp / "official.onnx"
+    with torch.no_grad():      # what a user gets from torch.onnx.export with the defaults
+        torch.onnx.export(model, (xt,), str(naive), input_names=["image"], output_names=["depth"], dynamo=False)
+    session = ort.InferenceSession(str(naive), providers=["CPUExecutionProvider"])
+    onnx_naive = p50_p95(time_ms(lambda: session.run(None, {"image": x}), repeats))
+    return [("official eager (cpu)", eager), ("official naive onnx (cpu)", onnx_naive)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--presets", nargs="*", default=["small_r18_96x320", "resnet50_192x640"])
@@ -60,6 +98,8 @@ def main() -> None:
             for label, est in estimators(ckpt, onnx):
                 with est:
                     rows.append((label, p50_p95(time_ms(lambda: est.infer_tensor(x), args.repeats))))
+            if p.official:
+                rows += official_rows(p, ckpt, Path(tmp), x, args.repeats)
         base = rows[0][1][0]
         print(f"\n{name} ({p.width}x{p.height})")
         print(f"  {'backend':26s} {'p50 ms':>8s} {'p95 ms':>8s} {'speed-up vs torch eager (p50)':>30s}")

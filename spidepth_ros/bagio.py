@@ -144,8 +144,7 @@ class BagWriter:
         return t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
 
     def image_msg(self, stamp_ns: int, frame_id: str, arr: np.ndarray, encoding: str):
-        from .camera_model import CameraCalibration  # noqa: F401  (re-exported for training)
-from .encodings import encode_image
+        from .encodings import encode_image
 
         h, w, enc, big, step, data = encode_image(arr, encoding)
         return self.typestore.types["sensor_msgs/msg/Image"](

@@ -61,7 +61,7 @@ class CameraCalibration:
 
     @property
     def distorted(self) -> bool:
-        return bool(self.d.size and np.any(np.abs(self.d) > 1e-12))
+        return bool(self.d.size and np.any(~(np.abs(self.d) <= 1e-12)))     # NaN counts as distorted (refused)
 
     def problem(self, rectify: bool = False) -> Optional[str]:
         """Why this calibration cannot be used (with the fix), or None. ``rectify``: D and R must be usable too."""

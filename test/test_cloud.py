@@ -58,6 +58,7 @@ def test_size_mismatch_is_refused():
 
 
 def test_matches_sensor_msgs_py(rng):
+    """sensor_msgs_py (the ROS reader) decodes every field of every point of our cloud to the formula's values."""
     pc2 = pytest.importorskip("sensor_msgs_py.point_cloud2", reason="sensor_msgs_py is only in a ROS install")
     from std_msgs.msg import Header
 
@@ -65,12 +66,18 @@ def test_matches_sensor_msgs_py(rng):
 
     intr = PinholeIntrinsics(50.0, 60.0, 9.5, 4.5, 20, 10)
     depth = rng.uniform(1, 10, (10, 20)).astype(np.float32)
-    msg = cloud_msg(Header(frame_id="cam"), CloudBuilder().build(depth, intr))
-    ours = np.array(list(pc2.read_points(msg, field_names=("x", "y", "z"))).tolist(), np.float32)
-    ref = pc2.create_cloud_xyz32(Header(frame_id="cam"), ours)
-    assert ours.shape == (200, 3)
-    np.testing.assert_array_equal(ours[:, 2], depth.ravel())
-    assert ref.fields[0].offset == msg.fields[0].offset == 0
+    depth[3, 4:7] = np.nan
+    rgb = (rng.random((10, 20, 3)) * 255).astype(np.uint8)
+    msg = cloud_msg(Header(frame_id="cam"), CloudBuilder().build(depth, intr, 1, rgb))
+    pts = pc2.read_points(msg, field_names=("x", "y", "z", "rgb"), skip_nans=False)
+    assert len(pts) == 200
+    u, v = np.meshgrid(np.arange(20), np.arange(10))
+    np.testing.assert_array_equal(np.asarray(pts["z"]), depth.ravel())
+    np.testing.assert_allclose(np.asarray(pts["x"]), ((u - 9.5) * depth / 50.0).ravel(), rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(np.asarray(pts["y"]), ((v - 4.5) * depth / 60.0).ravel(), rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(np.asarray(pts["rgb"], np.float32).view(np.uint32),
+                                  packed_by_formula(rgb).ravel().view(np.uint32))
+    assert len(pc2.read_points_list(msg, field_names=("x", "y", "z"), skip_nans=True)) == 197
 
 
 def test_reused_builder_matches_fresh_builds(rng):

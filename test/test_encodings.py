@@ -82,8 +82,10 @@ def test_compressed_png_and_jpeg(rgb):
     big = cv2.resize(rgb, (90, 70), interpolation=cv2.INTER_NEAREST)
     ok, jpg = cv2.imencode(".jpg", big[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 98])
     assert np.abs(enc.decode_compressed("jpeg", jpg.tobytes()).astype(int) - big).mean() < 12   # chroma subsampling
-    with pytest.raises(enc.ImageDecodeError, match="could not decode"):
+    with pytest.raises(enc.ImageDecodeError, match="neither PNG nor JPEG"):
         enc.decode_compressed("jpeg", b"not an image")
+    with pytest.raises(enc.ImageDecodeError, match="could not decode"):
+        enc.decode_compressed("jpeg", jpg.tobytes()[:300])          # a header, then nothing
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -119,7 +121,6 @@ def test_encode_decode_round_trip_32fc1(rng):
 def test_matches_cv_bridge_byte_for_byte(rgb):
     """On a robot cv_bridge is the oracle: our numpy decoding must give the same bytes."""
     bridge_mod = pytest.importorskip("cv_bridge", reason="cv_bridge is only available in a ROS install")
-    sensor_msgs = pytest.importorskip("sensor_msgs.msg")
     bridge = bridge_mod.CvBridge()
     for encoding, arr in (("rgb8", rgb), ("bgr8", rgb[..., ::-1].copy()), ("mono8", rgb[..., 0].copy()),
                           ("32FC1", rgb[..., 0].astype(np.float32) / 7)):
@@ -129,4 +130,23 @@ def test_matches_cv_bridge_byte_for_byte(rgb):
         assert ours.tobytes() == np.ascontiguousarray(theirs).tobytes()
         h, w, e, big, step, data = enc.encode_image(arr, encoding)
         assert data == bytes(msg.data) and step == msg.step
-    assert sensor_msgs is not None
+
+
+@pytest.mark.parametrize("fmt,size", [(".png", (37, 11)), (".jpg", (640, 480)), (".png", (1, 1)), (".jpg", (8, 3))])
+def test_compressed_size_is_read_from_the_header(fmt, size, rng):
+    w, h = size
+    ok, buf = cv2.imencode(fmt, (rng.random((h, w, 3)) * 255).astype(np.uint8))
+    assert enc.compressed_image_size(buf.ravel()) == (w, h)
+    progressive = cv2.imencode(".jpg", np.zeros((h, w, 3), np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1]
+    assert enc.compressed_image_size(progressive.ravel()) == (w, h)
+
+
+def test_compressed_over_the_pixel_limit_is_refused_before_decoding():
+    ok, png = cv2.imencode(".png", np.zeros((300, 400), np.uint8))
+    with pytest.raises(enc.ImageDecodeError, match="400x300, over the 100000-pixel limit"):
+        enc.decode_compressed("png", png.tobytes(), max_pixels=100_000)
+    assert enc.decode_compressed("png", png.tobytes(), max_pixels=120_000).shape == (300, 400, 3)
+    with pytest.raises(enc.ImageDecodeError, match="neither PNG nor JPEG"):
+        enc.decode_compressed("bmp", cv2.imencode(".bmp", np.zeros((4, 4), np.uint8))[1].tobytes())
+    with pytest.raises(enc.ImageDecodeError, match="no IHDR"):
+        enc.decode_compressed("png", png.tobytes()[:14])

@@ -7,52 +7,19 @@ by our loader, and both run on the same input: max relative difference <= 1e-4. 
 """
 from __future__ import annotations
 
-import importlib
 import os
-import sys
-import types
-from pathlib import Path
 
 import pytest
 import torch
 
-OFFICIAL = os.environ.get("SPIDEPTH_OFFICIAL_REPO", "")
-pytestmark = pytest.mark.skipif(not (OFFICIAL and (Path(OFFICIAL) / "networks" / "Unet.py").exists()),
-                                reason="set SPIDEPTH_OFFICIAL_REPO to a checkout of Lavreniuk/SPIdepth")
+from spidepth_ros.tools.official import build_official as _build_official, official_depth, official_repo
 
-
-def official(module: str):
-    pkg = "spidepth_official_networks"
-    if pkg not in sys.modules:
-        mod = types.ModuleType(pkg)
-        mod.__path__ = [str(Path(OFFICIAL) / "networks")]
-        sys.modules[pkg] = mod
-    return importlib.import_module(f"{pkg}.{module}")
+REPO = official_repo()
+pytestmark = pytest.mark.skipif(REPO is None, reason="set SPIDEPTH_OFFICIAL_REPO to a checkout of Lavreniuk/SPIdepth")
 
 
 def build_official(preset):
-    if preset.encoder_type == "unet":
-        enc = official("Unet").Unet(pretrained=False, backbone=preset.backbone, in_channels=3,
-                                    num_classes=preset.model_dim, decoder_channels=list(preset.decoder_channels))
-    else:
-        resnet_mod = official("resnet_encoder")
-        import torchvision
-
-        # the official encoder passes pretrained=True positionally (a download): give its module a models
-        # namespace that builds the same torchvision networks empty (torchvision itself is left untouched)
-        names = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-        resnet_mod.models = types.SimpleNamespace(**{
-            n: (lambda *a, _build=getattr(torchvision.models, n), **k: _build(weights=None)) for n in names})
-        enc = resnet_mod.ResnetEncoderDecoder(num_layers=50, num_features=preset.resnet_features,
-                                              model_dim=preset.model_dim)
-    if preset.transformer_ff == 512:
-        dec_cls = official("lite_depth_decoder_QTR").Lite_Depth_Decoder_QueryTr
-    else:
-        dec_cls = official("depth_decoder_QTR").Depth_Decoder_QueryTr
-    dec = dec_cls(in_channels=preset.model_dim, patch_size=preset.patch_size, dim_out=preset.dim_out,
-                  embedding_dim=preset.model_dim, query_nums=preset.query_nums, num_heads=4,
-                  min_val=preset.min_depth, max_val=preset.max_depth)
-    return enc.eval(), dec.eval()
+    return _build_official(preset, REPO)
 
 
 def randomize_batchnorm(module):
@@ -84,9 +51,7 @@ def test_outputs_match_official_implementation(name, tmp_path):
     ours, _ = load_official_folder(folder, name).build()
     x = torch.rand(1, 3, preset.height, preset.width)
     with torch.no_grad():
-        ref = dec(enc(x))
-        if isinstance(ref, dict):
-            ref = ref[("disp", 0)]
+        ref = official_depth(enc, dec, x)
         got = ours(x)
     assert got.shape == ref.shape == (1, 1, preset.height // 2, preset.width // 2)
     rel = ((got - ref).abs() / ref.abs()).max().item()

@@ -78,8 +78,10 @@ def test_model_sidecar_mismatch_is_refused(small_onnx, tmp_path):
 
 
 def test_auto_backend_choice(small_checkpoint, small_onnx):
+    from spidepth_ros.runtime import _tensorrt_usable
+
     est = create_estimator(small_onnx)
-    assert est.name in ("onnxruntime", "tensorrt")
+    assert est.name == ("tensorrt" if _tensorrt_usable() else "onnxruntime")
     assert create_estimator(small_checkpoint).name == "torch"
     with pytest.raises(ValueError, match="needs an .onnx"):
         create_estimator(small_checkpoint, backend="onnxruntime")
@@ -179,3 +181,125 @@ def test_tensorrt_missing_is_a_clear_error(small_onnx):
 
     with pytest.raises(BackendUnavailable, match="use backend onnxruntime|needs one"):
         TensorRTDepthEstimator(small_onnx)
+
+
+def test_external_data_export_is_one_data_file_and_hashed(small_checkpoint, small_onnx, tmp_path, rng):
+    """Large models keep their weights in ONE <name>.onnx.data beside the ONNX (not a file per tensor); ONNX Runtime
+    runs it to the same numbers, and the sidecar's hash covers the weights, so a swapped .data is refused."""
+    from spidepth_ros.export import export_onnx
+
+    onnx_path, meta = export_onnx(small_checkpoint, tmp_path / "ext" / "m.onnx", external_data=True)
+    assert sorted(p.name for p in onnx_path.parent.iterdir()) == ["m.onnx", "m.onnx.data", "m.onnx.json"]
+    assert meta.external_data == "m.onnx.data"
+    assert onnx_path.stat().st_size < 200_000 < (tmp_path / "ext" / "m.onnx.data").stat().st_size
+    x = rng.random((1, 3, 96, 320)).astype(np.float32)
+    with OnnxRuntimeDepthEstimator(onnx_path) as ext, OnnxRuntimeDepthEstimator(small_onnx) as single:
+        np.testing.assert_array_equal(ext.infer_tensor(x), single.infer_tensor(x))
+    data = bytearray((tmp_path / "ext" / "m.onnx.data").read_bytes())
+    data[100] ^= 0xFF
+    (tmp_path / "ext" / "m.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(MetadataError, match="does not match its sidecar"):
+        OnnxRuntimeDepthEstimator(onnx_path)
+
+
+def test_dynamic_batch_export_records_its_profile(small_checkpoint, tmp_path, rng):
+    import onnxruntime as ort
+
+    from spidepth_ros.export import export_onnx
+    from spidepth_ros.runtime.tensorrt_backend import batch_profile
+
+    onnx_path, meta = export_onnx(small_checkpoint, tmp_path / "dyn.onnx", dynamic_batch=True, max_batch=4)
+    assert read_sidecar(onnx_path).max_batch == 4 and meta.dynamic_batch
+    assert batch_profile(meta) == ((1, 3, 96, 320), (1, 3, 96, 320), (4, 3, 96, 320))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = rng.random((3, 3, 96, 320)).astype(np.float32)
+    out = session.run(["depth"], {"image": x})[0]
+    assert out.shape == (3, 1, 48, 160)
+    np.testing.assert_allclose(out[1:2], session.run(["depth"], {"image": x[1:2]})[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="only with dynamic_batch"):
+        export_onnx(small_checkpoint, tmp_path / "bad.onnx", max_batch=4)
+
+
+class FakeCudart:
+    """cuda-python's runtime as a machine without a usable GPU answers (no GPU can run here)."""
+
+    def __init__(self, error_name: str, code: int = 35, count: int = 0) -> None:
+        self.error_name, self.code, self.count = error_name, code, count
+
+    def cudaGetDeviceCount(self):
+        return self.code, self.count
+
+    def cudaGetErrorName(self, err):
+        return 0, self.error_name.encode()
+
+
+@pytest.mark.parametrize("error,code,count,match", [
+    ("cudaErrorInsufficientDriver", 35, 0, "driver is too old"),
+    ("cudaErrorNoDevice", 100, 0, "no CUDA GPU"),
+    ("cudaErrorUnknown", 999, 0, "cudaErrorUnknown"),
+    ("cudaSuccess", 0, 1, "only 1 GPU"),
+])
+def test_gpu_errors_are_named(monkeypatch, error, code, count, match):
+    from spidepth_ros.runtime import BackendUnavailable
+    from spidepth_ros.runtime import tensorrt_backend as tb
+
+    monkeypatch.setattr(tb, "import_cudart", lambda: FakeCudart(error, code, count))
+    with pytest.raises(BackendUnavailable, match=match):
+        tb.gpu_identity(2 if code == 0 else 0)
+
+
+def test_auto_falls_back_to_onnxruntime_with_the_reason(monkeypatch, small_onnx):
+    """A broken TensorRT install (libnvinfer missing: OSError, not BackendUnavailable) must not crash auto."""
+    from spidepth_ros.runtime import choose_backend
+    from spidepth_ros.runtime import tensorrt_backend as tb
+
+    def broken():
+        raise OSError("libnvinfer.so.10: cannot open shared object file")
+
+    monkeypatch.setattr(tb, "import_tensorrt", broken)
+    logged = []
+    assert choose_backend(small_onnx, "auto", "auto", logged.append) == "onnxruntime"
+    assert "libnvinfer.so.10" in logged[0] and "falling back to ONNX Runtime" in logged[0]
+    assert choose_backend(small_onnx, "auto", "cpu", logged.append) == "onnxruntime"
+
+
+def test_device_index_parsing():
+    from spidepth_ros.runtime import BackendUnavailable
+    from spidepth_ros.runtime.tensorrt_backend import device_index
+
+    assert [device_index(d) for d in ("auto", "cuda", "cuda:0", "cuda:3")] == [0, 0, 0, 3]
+    with pytest.raises(BackendUnavailable, match="runs on a GPU"):
+        device_index("cpu")
+
+
+OFFICIAL_PRESETS = ("resnet50_192x640", "resnet50_320x1024", "cvnxt_l_320x1024", "cvnxt_h_320x1024")
+
+
+@requires_tensorrt
+@pytest.mark.parametrize("preset", OFFICIAL_PRESETS)
+def test_tensorrt_matches_onnxruntime_on_official_presets(preset, tmp_path, rng):
+    """Each official preset (random weights in the official layout; cvnxt_h through external data): FP32 engine
+    within 1e-3 max relative of ONNX Runtime, FP16 engine's AbsRel drift within 1 %."""
+    from spidepth_ros.checkpoint import save_official_folder
+    from spidepth_ros.export import export_onnx
+    from spidepth_ros.models import build_depth_net
+    from spidepth_ros.presets import get_preset
+    from spidepth_ros.runtime.tensorrt_backend import TensorRTDepthEstimator
+
+    torch.manual_seed(3)
+    p = get_preset(preset)
+    folder = save_official_folder(tmp_path / preset, build_depth_net(p).eval())
+    onnx_path, meta = export_onnx(folder, tmp_path / f"{preset}.onnx", preset=preset)
+    export_onnx(folder, tmp_path / f"{preset}.fp16.onnx", preset=preset, fp16=True)
+    if preset == "cvnxt_h_320x1024":
+        assert meta.external_data
+    x = rng.random((1, 3, p.height, p.width)).astype(np.float32)
+    import onnxruntime as ort
+
+    device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    with OnnxRuntimeDepthEstimator(onnx_path, device=device) as ort_est:
+        ref = ort_est.infer_tensor(x)
+    with TensorRTDepthEstimator(onnx_path, "fp32", cache_dir=tmp_path / "cache") as est:
+        assert max_rel(est.infer_tensor(x), ref) <= 1e-3
+    with TensorRTDepthEstimator(onnx_path, "fp16", cache_dir=tmp_path / "cache") as est:
+        assert float(np.mean(np.abs(est.infer_tensor(x) - ref) / ref)) <= 0.01

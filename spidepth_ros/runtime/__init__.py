@@ -18,15 +18,23 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 _log = logging.getLogger("spidepth_ros.runtime")
 
 
-def _tensorrt_usable() -> bool:
+def tensorrt_unusable_reason(device: str = "auto") -> str:
+    """Why TensorRT cannot run here ("" when it can). Never raises: ``auto`` must fall back, not crash."""
     try:
-        from .tensorrt_backend import gpu_identity, import_tensorrt
+        from .tensorrt_backend import device_index, gpu_identity, import_cudart, import_tensorrt
 
         import_tensorrt()
-        gpu_identity()
-        return True
-    except BackendUnavailable:
-        return False
+        import_cudart()
+        gpu_identity(device_index(device))
+        return ""
+    except BackendUnavailable as exc:
+        return str(exc)
+    except Exception as exc:  # a broken TensorRT/CUDA install (OSError from a missing libnvinfer, ...)
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _tensorrt_usable(device: str = "auto") -> bool:
+    return not tensorrt_unusable_reason(device)
 
 
 def _onnxruntime_cuda() -> bool:
@@ -37,8 +45,9 @@ def _onnxruntime_cuda() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def choose_backend(model: str | Path, backend: str = "auto") -> str:
-    """Resolve ``auto`` to a concrete backend for this model file and machine."""
+def choose_backend(model: str | Path, backend: str = "auto", device: str = "auto",
+                   log: Callable[[str], None] = _log.info) -> str:
+    """Resolve ``auto`` to a concrete backend for this model file and machine (a fallback is logged with why)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if backend != "auto":
@@ -47,7 +56,13 @@ def choose_backend(model: str | Path, backend: str = "auto") -> str:
     if path.suffix == ".engine":
         return "tensorrt"
     if path.suffix == ".onnx":
-        return "tensorrt" if _tensorrt_usable() else "onnxruntime"
+        if device == "cpu":
+            return "onnxruntime"
+        reason = tensorrt_unusable_reason(device)
+        if reason:
+            log(f"TensorRT not used ({reason}): falling back to ONNX Runtime")
+            return "onnxruntime"
+        return "tensorrt"
     return "torch"
 
 
@@ -55,12 +70,12 @@ def create_estimator(model: str | Path, backend: str = "auto", device: str = "au
                      crop: str = "none", cache_dir: Optional[str] = None, threads: int = 0,
                      log: Callable[[str], None] = _log.info) -> DepthEstimator:
     """Build (not start) the estimator for ``model``; logs the backend it chose and why."""
-    chosen = choose_backend(model, backend)
+    chosen = choose_backend(model, backend, device, log)
     path = Path(model)
     if chosen == "tensorrt":
         from .tensorrt_backend import TensorRTDepthEstimator
 
-        est: DepthEstimator = TensorRTDepthEstimator(path, precision, crop, cache_dir, log=log)
+        est: DepthEstimator = TensorRTDepthEstimator(path, precision, crop, cache_dir, log=log, device=device)
     elif chosen == "onnxruntime":
         if path.suffix != ".onnx":
             raise ValueError(f"backend onnxruntime needs an .onnx file, got {path}; export one with spidepth-export")

@@ -48,7 +48,11 @@ class DepthEstimator(abc.ABC):
         model must fail here, at start-up, not drop every frame later).
         """
         if not self._started:
-            self._start()
+            try:
+                self._start()
+            except BaseException:
+                self._stop()              # free what a half-finished start allocated (device buffers, sessions)
+                raise
             self._started = True
             try:
                 self.check_output_shape()

@@ -48,6 +48,8 @@ class ModelMetadata:
     depth_scale: float = 1.0
     batch: int = 1
     dynamic_batch: bool = False
+    max_batch: int = 1                 # top of TensorRT's optimisation profile for a dynamic-batch export
+    external_data: str = ""            # name of the one external-data file beside the ONNX ("" = none)
     opset: int = 0
     precision: str = "fp32"
     checkpoint_sha256: str = ""
@@ -111,6 +113,20 @@ def read_sidecar(model_path: str | Path) -> ModelMetadata:
         raise MetadataError(f"{model_path} has no sidecar {path.name}; models exported with spidepth-export "
                             "come with one (it records input size, normalisation and depth range)")
     return ModelMetadata.from_json(path.read_text(), str(path))
+
+
+def model_files(model_path: str | Path) -> list[Path]:
+    """The model file and, for an ONNX with external weights, its one ``<name>.data`` file beside it."""
+    model_path = Path(model_path)
+    data = model_path.with_name(model_path.name + ".data")
+    return [model_path, data] if model_path.suffix == ".onnx" and data.exists() else [model_path]
+
+
+def model_sha256(model_path: str | Path) -> str:
+    """sha256 over the model file and its external data: a changed weights file changes the hash."""
+    from ..files import files_sha256
+
+    return files_sha256(model_files(model_path))
 
 
 def check_model_hash(meta: ModelMetadata, model_path: Path, actual_sha256: Optional[str]) -> None:

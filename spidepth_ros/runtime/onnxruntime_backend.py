@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import file_sha256
 from .base import BackendUnavailable, DepthEstimator
-from .metadata import MetadataError, check_model_hash, read_sidecar
+from .metadata import MetadataError, check_model_hash, model_sha256, read_sidecar
 
 
 class OnnxRuntimeDepthEstimator(DepthEstimator):
@@ -25,7 +24,7 @@ class OnnxRuntimeDepthEstimator(DepthEstimator):
             raise FileNotFoundError(f"ONNX model {self.path} does not exist")
         meta = read_sidecar(self.path)
         if verify_hash:
-            check_model_hash(meta, self.path, file_sha256(self.path))
+            check_model_hash(meta, self.path, model_sha256(self.path))
         super().__init__(meta, crop)
         self.device_name = device
         self.threads = threads

@@ -1,31 +1,65 @@
 """TensorRT backend and engine builder (no torch: TensorRT's Python API + cuda-python for memory/streams).
 
 Engines are specific to the GPU and the TensorRT version, so every engine is stored with a sidecar that
-records its **cache key**: ONNX sha256 + input size + precision + TensorRT version + GPU name + compute
-capability. :func:`engine_for_onnx` reuses a cached engine only when every field matches and rebuilds
-otherwise; :class:`TensorRTDepthEstimator` refuses a foreign ``.engine`` instead of producing garbage.
+records its **cache key**: the sha256 of the ONNX *and its external-data file* + input size + precision +
+batch profile + TensorRT version + device index, GPU name and compute capability. :func:`engine_for_onnx` reuses
+a cached engine only when every field matches and rebuilds otherwise; :class:`TensorRTDepthEstimator` refuses a
+foreign ``.engine`` instead of producing garbage.
 
 Precision across TensorRT versions (the 10 -> 11 API change):
   * TensorRT 10: FP16 via ``BuilderFlag.FP16`` on the FP32 ONNX (weakly typed network);
   * TensorRT >= 11: the FP16/INT8 builder flags are gone; FP16 comes from an FP16 ONNX built as a
     **strongly typed** network (``spidepth-export --precision fp16`` writes ``*.fp16.onnx`` for this).
+
+Large models (cvnxt_h: 2.9 GB of weights) are exported as ``model.onnx`` + one ``model.onnx.data``; the parser
+reads them with ``parse_from_file`` so that the external data resolves beside the ONNX.
+
+Every TensorRT name this module uses is listed in :data:`TENSORRT_API` with the major versions whose code path
+uses it; ``test/test_tensorrt_api.py`` checks the list against this file's source and against the real bindings
+wheels of TensorRT 10 and 11, so API drift is caught where no GPU exists.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from ..files import file_sha256
+from ..files import atomic_write_bytes
 from .base import BackendUnavailable, DepthEstimator
-from .metadata import MetadataError, ModelMetadata, read_sidecar, sidecar_path
+from .metadata import MetadataError, ModelMetadata, model_sha256, read_sidecar, sidecar_path
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_WORKSPACE_MIB = 1024
+ALL_MAJORS = (10, 11)
+#: TensorRT attribute -> majors whose code path below uses it (FP16 builder flag: 10 only; gone in 11).
+TENSORRT_API: dict[str, tuple[int, ...]] = {
+    # module level
+    "__version__": ALL_MAJORS, "Logger": ALL_MAJORS, "WARNING": ALL_MAJORS, "Builder": ALL_MAJORS,
+    "OnnxParser": ALL_MAJORS, "Runtime": ALL_MAJORS, "NetworkDefinitionCreationFlag": ALL_MAJORS,
+    "STRONGLY_TYPED": (11,), "BuilderFlag": (10,), "FP16": (10,), "MemoryPoolType": ALL_MAJORS,
+    "WORKSPACE": ALL_MAJORS, "nptype": ALL_MAJORS, "TensorIOMode": ALL_MAJORS, "INPUT": ALL_MAJORS,
+    # Builder / INetworkDefinition / OnnxParser / IBuilderConfig / IOptimizationProfile
+    "create_network": ALL_MAJORS, "create_builder_config": ALL_MAJORS, "build_serialized_network": ALL_MAJORS,
+    "create_optimization_profile": ALL_MAJORS, "parse_from_file": ALL_MAJORS, "num_errors": ALL_MAJORS,
+    "get_error": ALL_MAJORS, "num_inputs": ALL_MAJORS, "get_input": ALL_MAJORS, "name": ALL_MAJORS,
+    "shape": ALL_MAJORS, "set_memory_pool_limit": ALL_MAJORS, "set_flag": (10,), "set_shape": ALL_MAJORS,
+    "add_optimization_profile": ALL_MAJORS,
+    # IRuntime / ICudaEngine / IExecutionContext
+    "deserialize_cuda_engine": ALL_MAJORS, "create_execution_context": ALL_MAJORS, "num_io_tensors": ALL_MAJORS,
+    "get_tensor_name": ALL_MAJORS, "get_tensor_mode": ALL_MAJORS, "get_tensor_shape": ALL_MAJORS,
+    "get_tensor_dtype": ALL_MAJORS, "set_input_shape": ALL_MAJORS, "set_tensor_address": ALL_MAJORS,
+    "execute_async_v3": ALL_MAJORS,
+}
+#: cuda-python runtime functions used (checked likewise where cuda-python is installed).
+CUDART_API = ("cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaGetErrorName", "cudaSetDevice", "cudaMalloc",
+              "cudaFree", "cudaMallocHost", "cudaFreeHost", "cudaStreamCreate", "cudaStreamDestroy",
+              "cudaMemcpyAsync", "cudaStreamSynchronize", "cudaMemcpyKind", "cudaError_t")
 
 
 def import_tensorrt():
@@ -49,11 +83,19 @@ def import_cudart():
     return cudart
 
 
-def cuda_check(result):
-    """cuda-python returns ``(err, *values)``: raise on error, return the values."""
+def cuda_error_name(cudart, err) -> str:
+    try:
+        name = cudart.cudaGetErrorName(err)[1]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # naming the error must never hide it
+        return str(err)
+
+
+def cuda_check(result, what: str = "CUDA call"):
+    """cuda-python returns ``(err, *values)``: raise naming the error, return the values."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
-        raise RuntimeError(f"CUDA call failed with {err}")
+        raise RuntimeError(f"{what} failed with {cuda_error_name(import_cudart(), err)}")
     return values[0] if len(values) == 1 else values
 
 
@@ -61,60 +103,113 @@ def trt_major(trt) -> int:
     return int(trt.__version__.split(".")[0])
 
 
+def device_index(device: str) -> int:
+    """``auto``/``cuda`` -> 0, ``cuda:N`` -> N; ``cpu`` is refused (TensorRT runs on a GPU)."""
+    if device in ("auto", "cuda"):
+        return 0
+    match = re.fullmatch(r"cuda:(\d+)", device)
+    if not match:
+        raise BackendUnavailable(f"TensorRT runs on a GPU: device {device!r} must be auto, cuda or cuda:N "
+                                 "(use backend onnxruntime for the CPU)")
+    return int(match.group(1))
+
+
 def gpu_identity(device: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability 'major.minor'); raises BackendUnavailable without a GPU."""
+    """(GPU name, compute capability 'major.minor') of GPU ``device``.
+
+    Raises :class:`BackendUnavailable` naming the real cause: no GPU, a driver too old for this CUDA runtime,
+    an index past the last GPU, or any other CUDA error by name.
+    """
     cudart = import_cudart()
     err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count == 0:
+    name = cuda_error_name(cudart, err)
+    if int(err) != 0:
+        if "InsufficientDriver" in name:
+            raise BackendUnavailable(f"the NVIDIA driver is too old for this CUDA runtime ({name}): update the "
+                                     "driver, or install a TensorRT/cuda-python built for an older CUDA")
+        if "NoDevice" in name:
+            raise BackendUnavailable(f"no CUDA GPU is visible ({name}); TensorRT needs one (use backend "
+                                     "onnxruntime)")
+        raise BackendUnavailable(f"CUDA cannot list GPUs: {name}")
+    if count == 0:
         raise BackendUnavailable("no CUDA GPU is visible; TensorRT needs one (use backend onnxruntime)")
-    props = cuda_check(cudart.cudaGetDeviceProperties(device))
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.strip("\x00 "), f"{props.major}.{props.minor}"
+    if not 0 <= device < count:
+        raise BackendUnavailable(f"device cuda:{device} requested but only {count} GPU(s) are visible")
+    props = cuda_check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return gpu.strip("\x00 "), f"{props.major}.{props.minor}"
 
 
 @dataclasses.dataclass(frozen=True)
 class EngineKey:
-    onnx_sha256: str
+    onnx_sha256: str            # the .onnx and its external-data file together
     input_height: int
     input_width: int
     precision: str
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
+    device_index: int = 0
+    max_batch: int = 1          # optimisation profile 1..max_batch for a dynamic-batch ONNX, else 1
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def engine_key(onnx_path: Path, meta: ModelMetadata, precision: str, trt_version: str, gpu: tuple[str, str]
-               ) -> EngineKey:
-    return EngineKey(file_sha256(onnx_path), meta.input_height, meta.input_width, precision, trt_version, *gpu)
+def engine_key(onnx_path: Path, meta: ModelMetadata, precision: str, trt_version: str, gpu: tuple[str, str],
+               device: int = 0) -> EngineKey:
+    return EngineKey(model_sha256(onnx_path), meta.input_height, meta.input_width, precision, trt_version, *gpu,
+                     device_index=device, max_batch=meta.max_batch if meta.dynamic_batch else 1)
 
 
-def build_engine(onnx_path: Path, precision: str = "fp16", workspace_mib: int = DEFAULT_WORKSPACE_MIB) -> bytes:
-    """Parse ONNX and build a serialized engine, branching on the TensorRT major version."""
+def batch_profile(meta: ModelMetadata) -> Optional[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """(min, opt, max) input shapes of the optimisation profile of a dynamic-batch model; None for a static one."""
+    if not meta.dynamic_batch:
+        return None
+    chw = (3, meta.input_height, meta.input_width)
+    return (1, *chw), (1, *chw), (meta.max_batch, *chw)
+
+
+def build_engine(onnx_path: Path, precision: str = "fp16", workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+                 meta: Optional[ModelMetadata] = None, device: int = 0) -> bytes:
+    """Parse ONNX (external data resolved beside it) and build a serialized engine for GPU ``device``."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     trt = import_tensorrt()
-    gpu_identity()
+    select_device(device)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    major = trt_major(trt)
-    strongly_typed = major >= 11
+    strongly_typed = trt_major(trt) >= 11
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
+    # parse_from_file, not parse(bytes): the parser finds model.onnx.data next to the file only with its path
+    if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     if precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+    dynamic = [network.get_input(i) for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)]
+    if dynamic:
+        profile_shapes = batch_profile(meta) if meta is not None else None
+        if profile_shapes is None:
+            raise MetadataError(f"{onnx_path} has dynamic input dimensions but its sidecar records no batch range; "
+                                "re-export it with spidepth-export --dynamic-batch --max-batch N")
+        profile = builder.create_optimization_profile()
+        for tensor in dynamic:
+            profile.set_shape(tensor.name, *profile_shapes)
+        config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     return bytes(serialized)
+
+
+def select_device(device: int) -> None:
+    cudart = import_cudart()
+    cuda_check(cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
 
 
 def onnx_for_precision(onnx_path: Path, precision: str) -> Path:
@@ -131,13 +226,18 @@ def onnx_for_precision(onnx_path: Path, precision: str) -> Path:
 
 
 def engine_for_onnx(onnx_path: str | Path, precision: str = "fp16", cache_dir: Optional[str | Path] = None,
-                    workspace_mib: int = DEFAULT_WORKSPACE_MIB, log=print) -> Path:
-    """Return a cached engine for this ONNX/GPU/TensorRT/precision, building it if needed."""
+                    workspace_mib: int = DEFAULT_WORKSPACE_MIB, log: Callable[[str], None] = print,
+                    device: int = 0) -> Path:
+    """Return a cached engine for this ONNX/GPU/TensorRT/precision, building it if needed.
+
+    The engine is written under a unique temporary name and renamed into place (then its sidecar), so two
+    processes building the same engine at once never read a half-written file.
+    """
     trt = import_tensorrt()
     onnx_path = Path(onnx_path)
     meta = read_sidecar(onnx_path)
     source = onnx_for_precision(onnx_path, precision)
-    key = engine_key(source, meta, precision, trt.__version__, gpu_identity())
+    key = engine_key(source, meta, precision, trt.__version__, gpu_identity(device), device)
     cache = Path(cache_dir) if cache_dir else onnx_path.parent
     cache.mkdir(parents=True, exist_ok=True)
     engine_path = cache / f"{onnx_path.name.removesuffix('.onnx')}-{precision}-{key.digest()}.engine"
@@ -149,14 +249,12 @@ def engine_for_onnx(onnx_path: str | Path, precision: str = "fp16", cache_dir: O
             pass
         log(f"cached engine {engine_path} does not match this GPU/TensorRT/model: rebuilding")
     log(f"building TensorRT {trt.__version__} {precision} engine for {source.name} on {key.gpu_name} "
-        f"(first start only; this can take minutes)")
-    data = build_engine(source, precision, workspace_mib)
-    tmp = engine_path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(engine_path)
-    engine_meta = dataclasses.replace(meta, precision=precision, model_sha256=file_sha256(engine_path),
+        f"(cuda:{device}; first start only, this can take minutes)")
+    data = build_engine(source, precision, workspace_mib, meta, device)
+    atomic_write_bytes(engine_path, data)
+    engine_meta = dataclasses.replace(meta, precision=precision, model_sha256=model_sha256(engine_path),
                                       extra={**meta.extra, "engine_key": dataclasses.asdict(key)})
-    sidecar_path(engine_path).write_text(engine_meta.to_json())
+    atomic_write_bytes(sidecar_path(engine_path), engine_meta.to_json().encode())
     return engine_path
 
 
@@ -168,21 +266,39 @@ def _read_engine_key(engine_path: Path) -> EngineKey:
         raise MetadataError(f"{engine_path}'s sidecar has no engine_key; rebuild it with spidepth-export") from exc
 
 
+class PinnedBuffer:
+    """Page-locked host memory viewed as a numpy array (async copies need pinned memory to be asynchronous)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        cudart = import_cudart()
+        self.nbytes = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
+        self.ptr = int(cuda_check(cudart.cudaMallocHost(self.nbytes), "cudaMallocHost"))
+        raw = (ctypes.c_byte * self.nbytes).from_address(self.ptr)
+        self.array = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            import_cudart().cudaFreeHost(self.ptr)
+            self.ptr = 0
+            self.array = None
+
+
 class TensorRTDepthEstimator(DepthEstimator):
-    """Runs a serialized engine (``.engine``) or builds/caches one from an ``.onnx``."""
+    """Runs a serialized engine (``.engine``) or builds/caches one from an ``.onnx``, on GPU ``device``."""
 
     name = "tensorrt"
 
     def __init__(self, model_path: str | Path, precision: str = "fp16", crop: str = "none",
                  cache_dir: Optional[str | Path] = None, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-                 log=print) -> None:
+                 log: Callable[[str], None] = print, device: str = "auto") -> None:
         trt = import_tensorrt()
         self.log = log
+        self.device_index = device_index(device)
         path = Path(model_path)
         if path.suffix == ".onnx":
-            path = engine_for_onnx(path, precision, cache_dir, workspace_mib, log)
+            path = engine_for_onnx(path, precision, cache_dir, workspace_mib, log, self.device_index)
         key = _read_engine_key(path)
-        gpu = gpu_identity()
+        gpu = gpu_identity(self.device_index)
         if (key.tensorrt_version, key.gpu_name, key.compute_capability) != (trt.__version__, *gpu):
             raise MetadataError(
                 f"engine {path} was built with TensorRT {key.tensorrt_version} for {key.gpu_name} (sm "
@@ -190,37 +306,49 @@ class TensorRTDepthEstimator(DepthEstimator):
                 "Engines are not portable: pass the .onnx instead and it is rebuilt here")
         super().__init__(read_sidecar(path), crop)
         self.engine_path = path
-        self._buffers: dict[str, tuple[int, np.ndarray]] = {}
+        self._device: dict[str, int] = {}
+        self._host: dict[str, PinnedBuffer] = {}
+        self.stream = None
+        self.context = self.engine = self.runtime = None
 
     def _start(self) -> None:
         trt = import_tensorrt()
         cudart = import_cudart()
+        select_device(self.device_index)
         self._trt_logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self._trt_logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:
             raise MetadataError(f"TensorRT could not deserialize {self.engine_path}; rebuild it from the ONNX")
         self.context = self.engine.create_execution_context()
-        self.stream = cuda_check(cudart.cudaStreamCreate())
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            shape = tuple(self.engine.get_tensor_shape(name))
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            host = np.empty(shape, dtype)
-            device_ptr = cuda_check(cudart.cudaMalloc(host.nbytes))
-            self.context.set_tensor_address(name, int(device_ptr))
-            self._buffers[name] = (int(device_ptr), host)
+        self.stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         meta = self.metadata
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         for name in (meta.input_name, meta.output_name):
-            if name not in self._buffers:
-                raise MetadataError(f"engine tensors {sorted(self._buffers)} lack {name!r} named in its sidecar")
+            if name not in names:
+                raise MetadataError(f"engine tensors {sorted(names)} lack {name!r} named in its sidecar")
+        # inputs first: a dynamic-batch engine knows its output shapes only once the input shape is set
+        for name in names:
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT and \
+                    -1 in tuple(self.engine.get_tensor_shape(name)):
+                self.context.set_input_shape(name, (1, 3, meta.input_height, meta.input_width))
+        for name in names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            self._host[name] = PinnedBuffer(shape, dtype)
+            self._device[name] = int(cuda_check(cudart.cudaMalloc(self._host[name].nbytes), "cudaMalloc"))
+            self.context.set_tensor_address(name, self._device[name])
 
     def _stop(self) -> None:
+        """Frees whatever :meth:`_start` got to allocate (it may have failed half-way)."""
         cudart = import_cudart()
-        for ptr, _ in self._buffers.values():
+        for ptr in self._device.values():
             cudart.cudaFree(ptr)
-        self._buffers.clear()
-        if getattr(self, "stream", None) is not None:
+        self._device.clear()
+        for buf in self._host.values():
+            buf.free()
+        self._host.clear()
+        if self.stream is not None:
             cudart.cudaStreamDestroy(self.stream)
             self.stream = None
         self.context = self.engine = self.runtime = None
@@ -229,12 +357,17 @@ class TensorRTDepthEstimator(DepthEstimator):
         cudart = import_cudart()
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        in_ptr, in_host = self._buffers[self.metadata.input_name]
-        out_ptr, out_host = self._buffers[self.metadata.output_name]
-        np.copyto(in_host, tensor, casting="same_kind")
-        cuda_check(cudart.cudaMemcpyAsync(in_ptr, in_host.ctypes.data, in_host.nbytes, h2d, self.stream))
+        name_in, name_out = self.metadata.input_name, self.metadata.output_name
+        host_in, host_out = self._host[name_in], self._host[name_out]
+        np.copyto(host_in.array, tensor, casting="same_kind")
+        cuda_check(cudart.cudaMemcpyAsync(self._device[name_in], host_in.ptr, host_in.nbytes, h2d, self.stream),
+                   "cudaMemcpyAsync (input)")
         if not self.context.execute_async_v3(self.stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
-        cuda_check(cudart.cudaMemcpyAsync(out_host.ctypes.data, out_ptr, out_host.nbytes, d2h, self.stream))
-        cuda_check(cudart.cudaStreamSynchronize(self.stream))
-        return out_host.astype(np.float32, copy=True)
+        cuda_check(cudart.cudaMemcpyAsync(host_out.ptr, self._device[name_out], host_out.nbytes, d2h, self.stream),
+                   "cudaMemcpyAsync (output)")
+        cuda_check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return host_out.array.astype(np.float32, copy=True)
+
+    def describe(self) -> str:
+        return f"tensorrt (cuda:{self.device_index})"
