@@ -33,6 +33,16 @@ def stamp_to_ns(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def check_bag_path(path: str | Path) -> Path:
+    """Refuse a path that cannot be a rosbag2 (missing, or a folder without metadata.yaml), naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"bag {path} does not exist")
+    if path.is_dir() and not (path / "metadata.yaml").exists():
+        raise BagError(f"{path} has no metadata.yaml: not a rosbag2 folder (record with `ros2 bag record`)")
+    return path
+
+
 @contextmanager
 def open_reader(paths: Sequence[Path]):
     """Context manager: an open ``AnyReader`` over one or many bags, with errors naming the bad path."""
@@ -40,10 +50,7 @@ def open_reader(paths: Sequence[Path]):
 
     paths = [Path(p) for p in paths]
     for p in paths:
-        if not p.exists():
-            raise BagError(f"bag {p} does not exist")
-        if p.is_dir() and not (p / "metadata.yaml").exists():
-            raise BagError(f"{p} has no metadata.yaml: not a rosbag2 folder (record with `ros2 bag record`)")
+        check_bag_path(p)
     try:
         reader = AnyReader(paths, default_typestore=_typestore())
         reader.open()

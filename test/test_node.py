@@ -401,7 +401,7 @@ def test_compressed_input_and_its_pixel_limit(ros_context, small_onnx, oracle):
         harness.send(stamp, CompressedImage(header=harness.header(stamp), format="png", data=png.tobytes()),
                      compressed=True)
         assert wait_for(lambda: stamp in harness.depth)
-        assert node.stats.processed >= 2 and time.monotonic() - t0 < 60
+        assert wait_for(lambda: node.stats.processed == 2) and time.monotonic() - t0 < 60   # counted after publish
     finally:
         spinner.stop()
         node.destroy_node()

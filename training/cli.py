@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from spidepth_ros.bagio import BagError, check_bag_path
 from spidepth_ros.metrics import EvalSettings, summarize
 
 from .config import TrainConfig, config_from_dict, load_config, save_config
@@ -89,6 +92,18 @@ def build_datasets_once(data_cfg, width: int, height: int, cache: Path, seed: in
     return data if data is not None else build_datasets(data_cfg, width, height, cache, seed, progress=False)
 
 
+def remove_stale_partial_saves(out_dir: Path) -> list[Path]:
+    """Delete ``.<name>.tmp-<pid>`` files a killed save left (atomic_torch_save), unless that process still runs."""
+    removed = []
+    for tmp in out_dir.glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and Path(f"/proc/{pid}").exists():
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,7 +112,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--val-bags", nargs="*", help="override data.val_bags")
     p.add_argument("--out", help="override out_dir")
     p.add_argument("--resume", type=Path, help="training checkpoint to continue (its saved config is used)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. optim.lr=1e-4 (may be given several times)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -123,8 +139,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = resolve_device(cfg.device, dist_probe)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    try:                                 # before any model is built: a typo in a path fails in a second
+        for bag in [*cfg.data.bags, *cfg.data.val_bags]:
+            check_bag_path(bag)
+    except BagError as exc:
+        print(f"spidepth-train: {exc}", file=sys.stderr)
+        return 2
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if dist_probe.is_main:
+        remove_stale_partial_saves(out_dir)
 
     trainer = Trainer(cfg, device, dist_probe)
     preset = trainer.preset

@@ -197,7 +197,8 @@ class TripletDataset(Dataset):
         flipped = bool(self.augment and self.flip and rng.random() < 0.5)
         if flipped:
             imgs = [np.ascontiguousarray(x[:, ::-1]) for x in imgs]
-            k[0, 2] = 1.0 - k[0, 2]        # mirror the principal point (normalised)
+            # pixel u maps to W-1-u (pixel centres at integers), so cx -> W-1-cx: normalised 1 - cx/W - 1/W
+            k[0, 2] = 1.0 - k[0, 2] - 1.0 / self.width
         aug = color_jitter(imgs, rng) if self.augment and self.jitter and rng.random() < 0.5 else imgs
         k_pix = k.copy()
         k_pix[0] *= self.width

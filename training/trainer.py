@@ -24,7 +24,7 @@ from spidepth_ros.presets import ModelPreset, get_preset
 
 from .config import TrainConfig, save_config
 from .losses import SelfSupervisedLoss
-from .warping import pose_from_axis_angle
+from .warping import pose_from_axis_angle, scale_translation_by_mean_inverse_depth
 
 
 @dataclass
@@ -128,8 +128,14 @@ class Trainer:
             # pairs always in temporal order; the previous frame's pose is inverted (reference section 3)
             aa_p, t_p = pose(torch.cat([b["prev_aug"], b["target_aug"]], 1))
             aa_n, t_n = pose(torch.cat([b["target_aug"], b["next_aug"]], 1))
-        transforms = [pose_from_axis_angle(aa_p.float(), t_p.float(), invert=True),
-                      pose_from_axis_angle(aa_n.float(), t_n.float(), invert=False)]
+        t_p, t_n = t_p.float(), t_n.float()
+        if "stereo" not in b:
+            # upstream scales PoseNet's translation by the target's mean inverse depth unless training with
+            # stereo, whose metric baseline fixes the scale instead
+            t_p = scale_translation_by_mean_inverse_depth(t_p, depth.float())
+            t_n = scale_translation_by_mean_inverse_depth(t_n, depth.float())
+        transforms = [pose_from_axis_angle(aa_p.float(), t_p, invert=True),
+                      pose_from_axis_angle(aa_n.float(), t_n, invert=False)]
         sources = [b["prev"], b["next"]]
         if "stereo" in b:                  # the 's' frame: a known, fixed transform, no PoseNet
             sources.append(b["stereo"])

@@ -38,6 +38,18 @@ def pose_from_axis_angle(axis_angle: torch.Tensor, translation: torch.Tensor, in
     return m
 
 
+def scale_translation_by_mean_inverse_depth(translation: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """PoseNet translation ``[B, ..., 3]`` x mean inverse target depth -> ``[B, 3]`` (upstream trainer's rule).
+
+    The official ``trainer.generate_images_pred`` does this for its ``posecnn`` PoseNet without stereo (after
+    arXiv 1712.00175): the network predicts translation relative to the scene's depth, so the warp stays
+    consistent while the depth network's overall scale drifts. ``depth``: ``[B, 1, H, W]``; not detached, as
+    upstream (the depth gets gradient through this too).
+    """
+    mean_inv_depth = (1.0 / depth).mean(dim=(2, 3)).reshape(-1, 1)
+    return translation.reshape(-1, 3) * mean_inv_depth
+
+
 def pixel_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``[3, H*W]`` homogeneous integer pixel coordinates (u, v, 1), row-major ('ij' over rows, cols)."""
     v, u = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),

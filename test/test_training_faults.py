@@ -1,0 +1,88 @@
+"""Faults a user of spidepth-train hits, each refused or repaired with a clear message (issue #13, part 5)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from spidepth_ros.training.cli import main, remove_stale_partial_saves
+
+REPO_CONFIG = "config/train.yaml"
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_bag", "missing_val"])
+def test_bad_bag_paths_end_with_one_line_naming_the_path(tmp_path, capsys, case):
+    (tmp_path / "folder").mkdir()
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    bags = {"missing": [str(tmp_path / "nope")], "not_a_bag": [str(tmp_path / "folder")],
+            "missing_val": [str(good)]}[case]
+    argv = ["--config", REPO_CONFIG, "--bags", *bags, "--out", str(tmp_path / "run"), "--no-progress"]
+    if case == "missing_val":
+        argv += ["--val-bags", str(tmp_path / "val_nope")]
+    t0 = time.monotonic()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("spidepth-train: ")
+    named = {"missing": "nope does not exist", "not_a_bag": "folder has no metadata.yaml",
+             "missing_val": "val_nope does not exist"}[case]
+    assert named in err[0]
+    assert not (tmp_path / "run").exists()        # refused before anything was built or written
+    assert time.monotonic() - t0 < 30
+
+
+def test_stale_partial_saves_are_removed_but_a_live_writers_is_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".last.pt.tmp-{dead.pid}"
+    live = tmp_path / f".best.pt.tmp-{os.getppid()}"
+    keep = tmp_path / "last.pt"
+    for f in (stale, live, keep):
+        f.write_bytes(b"partial")
+    assert remove_stale_partial_saves(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and keep.exists()
+
+
+def test_set_given_twice_keeps_both_groups():
+    import argparse
+
+    from spidepth_ros.training import cli
+
+    parsed = {}
+
+    def fake_load(path, overrides):
+        parsed["overrides"] = list(overrides)
+        raise SystemExit(0)
+
+    original = cli.load_config
+    cli.load_config = fake_load
+    try:
+        with pytest.raises(SystemExit):
+            cli.main(["--config", REPO_CONFIG, "--set", "optim.lr=1e-5", "--set", "seed=3", "optim.epochs=2"])
+    finally:
+        cli.load_config = original
+    assert parsed["overrides"][:3] == ["optim.lr=1e-5", "seed=3", "optim.epochs=2"]
+    assert isinstance(argparse, object)
+
+
+def test_flipped_item_mirrors_the_principal_point_about_pixel_centres(rng):
+    """A mirrored image maps pixel u to W-1-u, so the flipped item's cx (pixels) must be W-1-cx (1-cx/W was off
+    by one pixel)."""
+    from spidepth_ros.training.data import FrameStore, TripletDataset
+
+    width, height, cx = 6, 4, 1.8
+    frames = (rng.random((3, height, width, 3)) * 255).astype(np.uint8)
+    k = np.eye(4)
+    k[0, 0], k[1, 1], k[0, 2], k[1, 2] = 0.6, 0.9, cx / width, 0.5
+    store = FrameStore(frames, np.arange(3, dtype=np.int64), k, np.ones(3, np.float32), "cam")
+    data = TripletDataset([store], [(0, 0, 1, 2)] * 8, width, height, augment=True, flip=True, jitter=False, seed=3)
+    flips = [np.random.default_rng([3, 0, i]).random() < 0.5 for i in range(8)]   # the dataset's own rule
+    assert any(flips) and not all(flips)
+    for i, flipped in enumerate(flips):
+        got = float(data[i]["K"][0, 2])
+        assert got == pytest.approx(width - 1 - cx if flipped else cx, abs=1e-6)
