@@ -12,6 +12,8 @@ from typing import Optional
 import numpy as np
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+#: the constant-depth baseline reported beside every evaluation (see :func:`evaluate_frame`)
+BASELINE_NAMES = ("const_abs_rel", "const_a1")
 #: Garg/Eigen crop as fractions of (rows, cols): rows [0.408, 0.992), cols [0.036, 0.964).
 GARG_CROP = (0.40810811, 0.99189189, 0.03594771, 0.96405229)
 
@@ -50,7 +52,9 @@ def compute_errors(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 def evaluate_frame(gt: np.ndarray, pred: np.ndarray, settings: EvalSettings) -> Optional[dict[str, float]]:
     """Metrics for one frame (``pred`` resized to ``gt``'s size). None if no pixel is valid.
 
-    The returned dict also holds ``scale`` (the median ratio applied, or the fixed scale) and ``pixels``.
+    The returned dict also holds ``scale`` (the median ratio applied, or the fixed scale), ``pixels``, and the
+    constant-depth baseline on the same pixels: ``const_abs_rel``/``const_a1`` of predicting the ground truth's
+    median everywhere (what a collapsed, flat model scores after median scaling).
     """
     h, w = gt.shape
     pred = resize_to(pred, h, w) * settings.fixed_scale
@@ -70,7 +74,8 @@ def evaluate_frame(gt: np.ndarray, pred: np.ndarray, settings: EvalSettings) -> 
         scale *= ratio
     p = np.clip(p, settings.min_depth, settings.max_depth)
     out = compute_errors(g, p)
-    out.update(scale=scale, pixels=int(mask.sum()))
+    const = compute_errors(g, np.full_like(g, np.median(g)))
+    out.update(scale=scale, pixels=int(mask.sum()), const_abs_rel=const["abs_rel"], const_a1=const["a1"])
     return out
 
 
@@ -78,7 +83,7 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over frames, plus the median scale and its spread (std/median)."""
     if not rows:
         return {}
-    out = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_NAMES}
+    out = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_NAMES + BASELINE_NAMES if k in rows[0]}
     scales = np.array([r["scale"] for r in rows])
     out["scale_median"] = float(np.median(scales))
     out["scale_std_over_median"] = float(np.std(scales) / np.median(scales))

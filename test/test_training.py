@@ -278,13 +278,39 @@ def test_training_cli_end_to_end_with_tensorboard(bags, tmp_path):
     cmd = [sys.executable, "-m", "spidepth_ros.training.cli", "--config", str(REPO / "config" / "train.yaml"),
            "--bags", str(bags["train_mcap"]), "--val-bags", str(bags["val"]), "--out", str(out), "--no-progress",
            "--set", "optim.epochs=1", "optim.batch_size=4", "data.depth_topic=/camera/depth", "threads=2"]
-    subprocess.run(cmd, check=True, env=env, timeout=600, capture_output=True)
+    run = subprocess.run(cmd, check=True, env=env, timeout=600, capture_output=True, text=True)
     assert (out / "last.pt").exists() and (out / "best.pt").exists() and (out / "config.yaml").exists()
     assert any((out / "tensorboard").iterdir())
     import json
 
-    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]                  # epoch 0: the initial model, before any step
+    record = rows[-1]
     assert 0 < record["val_abs_rel"] < 5 and record["val_photometric"] > 0
+    assert record["val_const_abs_rel"] > 0 and "train_depth_spread_p95_p5" in record
+    assert record["train_automask_fraction"] >= 0 and record["train_translation_norm"] > 0
+    assert "epoch 0 (initial model, before any step)" in run.stdout
+    assert f"constant depth {record['val_const_abs_rel']:.4f}" in run.stdout
+    # best.pt is the epoch with the lowest validation AbsRel (the initial model counts)
+    best_epoch = min(rows, key=lambda r: r["val_abs_rel"])["epoch"]
+    assert f"best.pt <- epoch {best_epoch} (by val_abs_rel)" in run.stdout
+
+
+def test_pose_warmup_trains_posenet_only(bags, tmp_path):
+    """optim.pose_warmup_steps: the depth network (weights and BatchNorm statistics) is untouched, PoseNet moves;
+    after the warm-up both train."""
+    cfg = make_cfg(bags, tmp_path / "warm", pose_warmup_steps=2, max_steps=3)
+    trainer, data = _trainer_and_data(cfg, tmp_path / "cache")
+    depth0 = {k: v.clone() for k, v in trainer.depth_net.state_dict().items()}
+    pose0 = {k: v.clone() for k, v in trainer.pose_net.state_dict().items()}
+    loader = torch.utils.data.DataLoader(data.train, batch_size=4)
+    batches = iter(loader)
+    for _ in range(2):
+        trainer.train_step(next(batches))
+    assert all(torch.equal(v, trainer.depth_net.state_dict()[k]) for k, v in depth0.items())
+    assert any(not torch.equal(v, trainer.pose_net.state_dict()[k]) for k, v in pose0.items())
+    trainer.train_step(next(batches))
+    assert any(not torch.equal(v, trainer.depth_net.state_dict()[k]) for k, v in depth0.items())
 
 
 def test_torchrun_two_processes_on_cpu(bags, tmp_path):

@@ -25,6 +25,7 @@ from spidepth_ros.metrics import EvalSettings, summarize
 
 from .config import TrainConfig, config_from_dict, load_config, save_config
 from .data import build_datasets
+from .diagnostics import EpochDiagnostics, collapse_warnings
 from .trainer import Trainer, init_distributed, resolve_device
 
 
@@ -77,7 +78,8 @@ def depth_metrics(trainer: Trainer, cfg: TrainConfig, max_frames: int = 40) -> d
                          EvalSettings(preset.min_depth, preset.max_depth), max_frames=max_frames, every=3,
                          progress=False)
     s = summarize(rows)
-    return {f"val_{k}": v for k, v in s.items() if k in ("abs_rel", "rmse", "a1", "scale_median")}
+    return {f"val_{k}": v for k, v in s.items()
+            if k in ("abs_rel", "rmse", "a1", "scale_median", "const_abs_rel", "const_a1")}
 
 
 def build_datasets_once(data_cfg, width: int, height: int, cache: Path, seed: int, progress: bool, dist_info):
@@ -90,6 +92,42 @@ def build_datasets_once(data_cfg, width: int, height: int, cache: Path, seed: in
     data = build_datasets(data_cfg, width, height, cache, seed, progress=progress) if dist_info.is_main else None
     dist.barrier()
     return data if data is not None else build_datasets(data_cfg, width, height, cache, seed, progress=False)
+
+
+class BestTracker:
+    """Which epoch is best: by validation AbsRel when the validation bags carry depth, else photometric loss.
+
+    Epoch 0 is the initial model, so best.pt is never worse than the model training started from.
+    """
+
+    def __init__(self) -> None:
+        self.key: Optional[str] = None
+        self.value = float("inf")
+        self.epoch: Optional[int] = None
+        self.initial_abs_rel: Optional[float] = None
+
+    def update(self, epoch: int, result: dict) -> bool:
+        key = "val_abs_rel" if "val_abs_rel" in result else "val_photometric" if "val_photometric" in result else None
+        if key is None:
+            return False
+        if epoch == 0 and "val_abs_rel" in result:
+            self.initial_abs_rel = result["val_abs_rel"]
+        if self.key != key:                        # depth metrics appeared: compare like with like from now on
+            self.key, self.value = key, float("inf")
+        if result[key] < self.value:
+            self.value, self.epoch = result[key], epoch
+            return True
+        return False
+
+    @classmethod
+    def from_history(cls, metrics_file: Path) -> "BestTracker":
+        tracker = cls()
+        if metrics_file.exists():
+            for line in metrics_file.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    tracker.update(int(row.get("epoch", -1)), row)
+        return tracker
 
 
 def remove_stale_partial_saves(out_dir: Path) -> list[Path]:
@@ -167,22 +205,45 @@ def main(argv: Optional[list[str]] = None) -> int:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tensorboard"))
-    best = {"val_photometric": float("inf")}
+    metrics_file = out_dir / "metrics.jsonl"
+    if dist_probe.is_main and not args.resume:
+        metrics_file.unlink(missing_ok=True)                # a new run does not inherit another run's history
+    best = BestTracker.from_history(metrics_file)          # resuming keeps the best of the epochs already run
+    first_median: list = []                                # the first epoch's median depth (drift warnings)
 
     def on_log(step: int, out: dict) -> None:
         if writer is None:
             return
-        for key in ("loss", "photometric", "smoothness", "automask_fraction", "grad_norm"):
+        for key in ("loss", "photometric", "smoothness", "automask_fraction", "grad_norm", "translation_norm",
+                    "rotation_deg"):
             if key in out:
                 writer.add_scalar(f"train/{key}", float(out[key]), step)
         writer.add_scalar("train/lr", trainer.optimizer.param_groups[-1]["lr"], step)
 
+    def record(epoch: int, result: dict) -> None:
+        """Console line, TensorBoard scalars, metrics.jsonl row and best.pt for one validated epoch."""
+        for key, value in result.items():
+            writer.add_scalar(f"val/{key}" if key.startswith("val_") else f"epoch/{key}", value, trainer.global_step)
+        label = "epoch 0 (initial model, before any step)" if epoch == 0 else f"epoch {epoch}"
+        print(f"{label}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        if "val_abs_rel" in result:
+            initial = best.initial_abs_rel if best.initial_abs_rel is not None else result["val_abs_rel"]
+            print(f"  val AbsRel (median-scaled) {result['val_abs_rel']:.4f} | initial model {initial:.4f} | "
+                  f"constant depth {result['val_const_abs_rel']:.4f}")
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps({"epoch": epoch, "step": trainer.global_step, **result}) + "\n")
+        if best.update(epoch, result):
+            trainer.save(out_dir / "best.pt")
+            print(f"  best.pt <- epoch {epoch} (by {best.key})")
+
     def on_epoch_end(epoch: int) -> None:
+        diagnostics = trainer.epoch_diagnostics.summary()
+        trainer.epoch_diagnostics = EpochDiagnostics()
         if not dist_probe.is_main:
             return
-        result = validate(trainer, data.val, cfg) if len(data.val) else {}
-        for key, value in result.items():
-            writer.add_scalar(f"val/{key}", value, trainer.global_step)
+        if diagnostics and not first_median:
+            first_median.append(diagnostics["train_depth_median"])
+        result = {**diagnostics, **(validate(trainer, data.val, cfg) if len(data.val) else {})}
         if len(data.val):
             batch = next(iter(torch.utils.data.DataLoader(data.val, batch_size=4)))
             with torch.no_grad():
@@ -190,14 +251,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                 depth = trainer.predict_depth(batch["target"].to(device)).cpu()
                 trainer.depth_net.train()
             writer.add_image("val/input_depth", image_panel(batch, depth), trainer.global_step)
+        record(epoch, result)
+        for warning in collapse_warnings(diagnostics, first_median[0] if first_median else None):
+            print(f"  WARNING: {warning}")
+        if "val_abs_rel" in result and result["val_abs_rel"] >= result["val_const_abs_rel"]:
+            print("  WARNING: the model is no better than a constant depth on the validation frames")
         writer.flush()
-        print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-        metrics_file = out_dir / "metrics.jsonl"
-        with open(metrics_file, "a") as f:
-            f.write(json.dumps({"epoch": epoch, "step": trainer.global_step, **result}) + "\n")
-        if result.get("val_photometric", float("inf")) < best["val_photometric"]:
-            best.update(result)
-            trainer.save(out_dir / "best.pt")
+
+    if dist_probe.is_main and not args.resume and len(data.val):
+        record(0, validate(trainer, data.val, cfg))        # the model training starts from, as the baseline
 
     trainer.fit(data.train, out_dir, on_log, on_epoch_end, progress=not args.no_progress)
     if writer is not None:

@@ -63,6 +63,8 @@ class OptimConfig:
     grad_clip: float = 1.0                     # max grad norm; 0 disables
     amp: bool = True                           # autocast + GradScaler on CUDA (ignored on CPU)
     max_steps: int = 0                         # stop after this many steps (0 = epochs decide)
+    pose_warmup_steps: int = 0                 # first N steps train PoseNet only, the depth network frozen (eval):
+                                               # a random PoseNet otherwise drags a good depth net to a flat map
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from spidepth_ros.bagio import iter_images
-from spidepth_ros.metrics import GARG_CROP, METRIC_NAMES, EvalSettings, evaluate_frame, summarize
+from spidepth_ros.metrics import BASELINE_NAMES, GARG_CROP, METRIC_NAMES, EvalSettings, evaluate_frame, summarize
 
 Predictor = Callable[[np.ndarray], np.ndarray]   # RGB uint8 [H, W, 3] -> depth [h, w] metres/model units
 
@@ -60,7 +60,7 @@ def evaluate_bags(predict: Predictor, bags: Sequence[Path], image_topic: str, de
 def write_results(rows: list[dict], out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "per_frame.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["stamp_ns", *METRIC_NAMES, "scale", "pixels"])
+        writer = csv.DictWriter(f, fieldnames=["stamp_ns", *METRIC_NAMES, "scale", "pixels", *BASELINE_NAMES])
         writer.writeheader()
         writer.writerows(rows)
     summary = summarize(rows)
@@ -72,7 +72,60 @@ def format_summary(summary: dict) -> str:
     head = " ".join(f"{k:>9}" for k in METRIC_NAMES)
     vals = " ".join(f"{summary[k]:9.4f}" for k in METRIC_NAMES)
     return (f"{head}\n{vals}\nframes {summary['frames']}, median scale {summary['scale_median']:.4f} "
-            f"(std/median {summary['scale_std_over_median']:.3f})")
+            f"(std/median {summary['scale_std_over_median']:.3f})\n"
+            f"constant depth (each frame's GT median everywhere, same pixels): abs_rel "
+            f"{summary['const_abs_rel']:.4f}, a1 {summary['const_a1']:.4f} -> the model is "
+            f"{'better' if summary['abs_rel'] < summary['const_abs_rel'] else 'NOT better'} than a flat map")
+
+
+def estimate_scale_from_height(estimator, bags: Sequence[Path], image_topic: str, camera_info_topic: str,
+                               known_height_m: float, max_frames: int = 0, every: int = 1,
+                               progress: bool = True) -> tuple[float, int, int]:
+    """(depth_scale, frames with a floor, frames tried) from the model's depth and the camera's known height."""
+    from tqdm import tqdm
+
+    from spidepth_ros.bagio import BagError, read_camera_info
+    from spidepth_ros.ground_scale import camera_height, scale_from_heights
+
+    calib = read_camera_info(bags, camera_info_topic)
+    if calib is None or calib.problem():
+        raise BagError(f"--camera-height needs the camera's intrinsics: {camera_info_topic!r} has no valid "
+                       "CameraInfo in the bag(s) (set --camera-info-topic)")
+    rng = np.random.default_rng(0)
+    heights, tried = [], 0
+    for i, (stamp, rgb) in enumerate(tqdm(iter_images(bags, image_topic), disable=not progress, desc="floor",
+                                          unit="frame")):
+        if i % every:
+            continue
+        result = estimator.infer(rgb)
+        h, w = result.depth.shape
+        camera = calib.intrinsics.resized(rgb.shape[1], rgb.shape[0])
+        heights.append(camera_height(result.depth, estimator.preprocessor.output_intrinsics(camera, w, h), rng))
+        tried += 1
+        if max_frames and tried >= max_frames:
+            break
+    found = sum(x is not None for x in heights)
+    return scale_from_heights(heights, known_height_m), found, tried
+
+
+def write_depth_scale(model: Path, scale: float) -> Path:
+    """Store ``scale`` as the model's depth_scale: in the sidecar of an .onnx/.engine, in a .pt checkpoint."""
+    import dataclasses
+
+    from spidepth_ros.runtime.metadata import read_sidecar, sidecar_path, write_sidecar
+
+    if model.suffix in (".onnx", ".engine"):
+        write_sidecar(model, dataclasses.replace(read_sidecar(model), depth_scale=scale))
+        return sidecar_path(model)
+    if model.suffix == ".pt":
+        from spidepth_ros.checkpoint import atomic_torch_save, safe_torch_load
+
+        data = safe_torch_load(model)
+        data["depth_scale"] = scale
+        atomic_torch_save(data, model)
+        return model
+    raise ValueError(f"cannot store a scale in {model}: export it to ONNX (spidepth-export) or pass depth_scale "
+                     "to the node")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -94,7 +147,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--every", type=int, default=1, help="evaluate every Nth frame")
     p.add_argument("--max-offset-ms", type=float, default=0.0, help="stamp tolerance for GT matching")
     p.add_argument("--out", type=Path, default=Path("eval_results"))
+    p.add_argument("--camera-height", type=float, default=None, metavar="METRES",
+                   help="no depth sensor: estimate depth_scale from the camera's height above a flat floor")
+    p.add_argument("--camera-info-topic", default="/camera/camera_info", help="intrinsics for --camera-height")
+    p.add_argument("--write-scale", action="store_true",
+                   help="with --camera-height: store the scale in the model (sidecar or .pt) for the node to use")
     args = p.parse_args(argv)
+    if args.camera_height is not None:
+        estimator = create_estimator(args.model, backend=args.backend)
+        with estimator:
+            scale, found, tried = estimate_scale_from_height(estimator, args.bags, args.image_topic,
+                                                             args.camera_info_topic, args.camera_height,
+                                                             args.max_frames, args.every)
+        print(f"floor found in {found} of {tried} frames; camera height {args.camera_height} m -> depth_scale "
+              f"{scale:.4f} (the model's own: {estimator.metadata.depth_scale:.4f})")
+        if args.write_scale:
+            print(f"wrote depth_scale {scale:.4f} to {write_depth_scale(Path(args.model), scale)}")
+        return 0
     settings = EvalSettings(args.min_depth, args.max_depth, median_scaling=args.scale is None,
                             fixed_scale=args.scale or 1.0, crop=GARG_CROP if args.garg_crop else None)
     estimator = create_estimator(args.model, backend=args.backend)

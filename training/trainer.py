@@ -23,6 +23,7 @@ from spidepth_ros.models import build_depth_net, build_pose_net
 from spidepth_ros.presets import ModelPreset, get_preset
 
 from .config import TrainConfig, save_config
+from .diagnostics import EpochDiagnostics
 from .losses import SelfSupervisedLoss
 from .warping import pose_from_axis_angle, scale_translation_by_mean_inverse_depth
 
@@ -104,6 +105,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch = 0
         self.step_in_epoch = 0
+        self.epoch_diagnostics = EpochDiagnostics()      # reset by whoever reads it at the end of an epoch
         self.global_step = 0
         self._ddp_depth = self._ddp_pose = None
         if dist_info.world_size > 1:
@@ -142,9 +144,24 @@ class Trainer:
             transforms.append(b["stereo_T"])
         out = self.loss_fn(depth.float(), b["target"], sources, transforms, b["K"], b["inv_K"])
         out["depth"] = depth.detach()
+        with torch.no_grad():    # PoseNet's motion, for the per-epoch diagnostics (metres of model units, degrees)
+            out["translation_norm"] = 0.5 * (t_p.detach().reshape(-1, 3).norm(dim=1).mean() +
+                                             t_n.detach().reshape(-1, 3).norm(dim=1).mean())
+            out["rotation_deg"] = 0.5 * torch.rad2deg(aa_p.detach().float().reshape(-1, 3).norm(dim=1).mean() +
+                                                      aa_n.detach().float().reshape(-1, 3).norm(dim=1).mean())
         return out
 
+    def depth_frozen(self) -> bool:
+        return self.global_step < self.cfg.optim.pose_warmup_steps
+
+    def _apply_warmup(self) -> None:
+        """During the PoseNet warm-up the depth network is frozen: no gradient, BatchNorm statistics kept."""
+        frozen = self.depth_frozen()
+        self.depth_net.requires_grad_(not frozen)
+        self.depth_net.train(not frozen)
+
     def train_step(self, batch: dict) -> dict:
+        self._apply_warmup()
         self.optimizer.zero_grad(set_to_none=True)
         out = self.compute_loss(batch)
         self.scaler.scale(out["loss"]).backward()
@@ -206,6 +223,7 @@ class Trainer:
                        desc=f"epoch {self.epoch + 1}/{o.epochs}", unit="step")
             for batch in bar:
                 out = self.train_step(batch)
+                self.epoch_diagnostics.add(out)
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}")
                 if self.global_step % self.cfg.log_every == 0:
                     on_log(self.global_step, out)

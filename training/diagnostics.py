@@ -1,0 +1,66 @@
+"""What a training epoch did to the geometry, and warnings in words when it is collapsing.
+
+Self-supervised depth can "learn" a flat map: when the camera barely moves between the frames of a triplet, a
+constant depth explains the source frames as well as the true one, the photometric loss stays flat, automasking
+hides most pixels and the smoothness term rewards the flat answer. None of that shows in the loss, so every
+epoch reports the depth spread, the automasked share, PoseNet's motion and the median depth, and says what to
+change when one of them goes wrong.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+#: depth p95/p5 below this means the map is flattening (real scenes span well over 2x in depth)
+FLAT_SPREAD = 1.5
+#: automasked share above this: most pixels are better explained by not moving at all
+AUTOMASK_LIMIT = 0.5
+#: the median depth moving this many times away from the first epoch's is a drift, not learning
+DRIFT_FACTOR = 4.0
+
+
+@dataclass
+class EpochDiagnostics:
+    """Running means over one epoch's training steps (fed the dicts :meth:`Trainer.compute_loss` returns)."""
+
+    sums: dict = field(default_factory=dict)
+    steps: int = 0
+
+    def add(self, out: dict) -> None:
+        depth = out["depth"].detach().float().flatten(1)
+        q = torch.quantile(depth[:, :: max(1, depth.shape[1] // 20000)], torch.tensor([0.05, 0.5, 0.95]), dim=1)
+        values = {"depth_spread_p95_p5": float((q[2] / q[0].clamp_min(1e-6)).mean()),
+                  "depth_median": float(q[1].mean()),
+                  "automask_fraction": float(out["automask_fraction"]),
+                  "translation_norm": float(out.get("translation_norm", float("nan"))),
+                  "rotation_deg": float(out.get("rotation_deg", float("nan")))}
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+
+    def summary(self) -> dict:
+        return {f"train_{k}": v / self.steps for k, v in self.sums.items()} if self.steps else {}
+
+
+def collapse_warnings(summary: dict, first_median: Optional[float] = None) -> list[str]:
+    """Plain-language warnings for one epoch's :meth:`EpochDiagnostics.summary` (empty when all is well)."""
+    warnings = []
+    spread = summary.get("train_depth_spread_p95_p5")
+    if spread is not None and spread < FLAT_SPREAD:
+        warnings.append(f"the depth map is flattening (p95/p5 = {spread:.2f} < {FLAT_SPREAD}): frames in a triplet "
+                        "hardly differ, so a flat map explains them. Raise data.frame_offset or data.min_motion, "
+                        "lower optim.lr, or start from weights that already see depth (model.init)")
+    automask = summary.get("train_automask_fraction")
+    if automask is not None and automask > AUTOMASK_LIMIT:
+        warnings.append(f"{automask:.0%} of pixels are automasked (identity beats reprojection): the camera "
+                        "moves too little between the frames used. Raise data.frame_offset or data.min_motion; "
+                        "a static or only rotating camera teaches no depth")
+    median = summary.get("train_depth_median")
+    if median is not None and first_median:
+        ratio = median / first_median
+        if ratio > DRIFT_FACTOR or ratio < 1 / DRIFT_FACTOR:
+            warnings.append(f"the median predicted depth drifted {ratio:.1f}x from the first epoch's "
+                            f"({first_median:.2f} -> {median:.2f}): the scale is running away. Lower optim.lr")
+    return warnings
