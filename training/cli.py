@@ -217,7 +217,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for key in ("loss", "photometric", "smoothness", "automask_fraction", "grad_norm", "translation_norm",
                     "rotation_deg"):
             if key in out:
-                writer.add_scalar(f"train/{key}", float(out[key]), step)
+                value = out[key]
+                writer.add_scalar(f"train/{key}", float(value.detach() if torch.is_tensor(value) else value), step)
         writer.add_scalar("train/lr", trainer.optimizer.param_groups[-1]["lr"], step)
 
     def record(epoch: int, result: dict) -> None:
