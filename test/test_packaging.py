@@ -23,13 +23,15 @@ def run_clean(cmd, cwd, env_extra=None, timeout=600):
 
 def copy_source(dst: Path) -> Path:
     src = dst / "src" / "spidepth_ros"
-    top_level = {".venv", ".git", "runs", "data", "demo_output", "build", "install", "log", "models"}
+    top_level = {".venv", ".git", ".cache", "runs", "data", "demo_output", "build", "install", "log", "models"}
 
     def ignore(directory, names):
         skip = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
         return skip | (top_level & set(names) if Path(directory) == REPO else set())
 
     shutil.copytree(REPO, src, ignore=ignore)
+    (src / "models").mkdir()
+    shutil.copy(REPO / "models" / "demo_small.pt", src / "models" / "demo_small.pt")
     return src
 
 
@@ -64,3 +66,13 @@ def test_colcon_build(tmp_path, symlink):
     site = next(lib.glob("python3*/site-packages"))
     r = run_clean([sys.executable, "-c", IMPORT_CHECK], tmp_path, {"PYTHONPATH": str(site)})
     assert r.returncode == 0, r.stderr[-2000:]
+    # the demo weights are installed, and an installed spidepth-demo finds them there (not in a checkout)
+    installed = share / "spidepth_ros" / "models" / "demo_small.pt"
+    assert installed.exists()
+    if symlink:                      # a symlink install *is* the checkout: nothing more to find
+        return
+    shutil.rmtree(tmp_path / "src" / "spidepth_ros" / "models")     # no checkout copy to fall back on
+    r = run_clean([sys.executable, "-c", "from spidepth_ros.ros.demo import DEMO_WEIGHTS; print(DEMO_WEIGHTS)"],
+                  tmp_path, {"PYTHONPATH": str(site)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Path(r.stdout.strip()) == installed

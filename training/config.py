@@ -48,6 +48,9 @@ class LossConfig:
     ssim_window: int = 7                       # SSIM window (pixels)
     smoothness: float = 1e-3                   # weight of the edge-aware smoothness on mean-normalised depth
     automask: bool = True                      # identity automasking (monodepth2's static-pixel rule)
+    # PoseNet translation before the warp (monocular frames; stereo never): "mean_inverse_depth" multiplies it by
+    # the target's mean inverse depth as the official trainer does; "none" uses it as it is (monodepth2)
+    translation_scaling: str = "mean_inverse_depth"
 
 
 @dataclass(frozen=True)

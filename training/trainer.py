@@ -79,6 +79,9 @@ def build_models(cfg: TrainConfig) -> tuple[ModelPreset, nn.Module, nn.Module, O
             build_pose_net(preset, cfg.model.pose_backbone_weights or None), None)
 
 
+TRANSLATION_SCALINGS = ("mean_inverse_depth", "none")
+
+
 class Trainer:
     """Owns the models, optimiser and the step; hooks (logging, validation) are passed in as callables."""
 
@@ -89,6 +92,9 @@ class Trainer:
         self.preset, depth_net, pose_net, _ = build_models(cfg)
         self.depth_net = depth_net.to(device).train()
         self.pose_net = pose_net.to(device).train()
+        if cfg.loss.translation_scaling not in TRANSLATION_SCALINGS:
+            raise ValueError(f"loss.translation_scaling must be one of {TRANSLATION_SCALINGS}, not "
+                             f"{cfg.loss.translation_scaling!r}")
         self.loss_fn = SelfSupervisedLoss(cfg.loss)
         o = cfg.optim
         groups = [
@@ -131,7 +137,7 @@ class Trainer:
             aa_p, t_p = pose(torch.cat([b["prev_aug"], b["target_aug"]], 1))
             aa_n, t_n = pose(torch.cat([b["target_aug"], b["next_aug"]], 1))
         t_p, t_n = t_p.float(), t_n.float()
-        if "stereo" not in b:
+        if "stereo" not in b and self.cfg.loss.translation_scaling == "mean_inverse_depth":
             # upstream scales PoseNet's translation by the target's mean inverse depth unless training with
             # stereo, whose metric baseline fixes the scale instead
             t_p = scale_translation_by_mean_inverse_depth(t_p, depth.float())

@@ -27,16 +27,23 @@ DEMO_WEIGHTS_NAME = "demo_small.pt"
 
 
 def find_demo_weights() -> Path:
-    """The committed demo weights: in the source tree, else where setup.py installs them (share/spidepth_ros)."""
-    source = Path(__file__).resolve().parents[2] / "models" / DEMO_WEIGHTS_NAME
-    if source.exists():
-        return source
+    """The committed demo weights: in the source tree, else where setup.py installs them (share/spidepth_ros).
+
+    Looked up in order: the checkout, the ament index, every AMENT_PREFIX_PATH prefix (a sourced workspace), the
+    install prefix this module sits in (colcon: <prefix>/lib/pythonX/site-packages/spidepth_ros/ros), sys.prefix.
+    """
+    here = Path(__file__).resolve()
+    candidates = [here.parents[2] / "models" / DEMO_WEIGHTS_NAME]
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        return Path(get_package_share_directory("spidepth_ros")) / "models" / DEMO_WEIGHTS_NAME
-    except (ImportError, LookupError):
-        return Path(sys.prefix) / "share" / "spidepth_ros" / "models" / DEMO_WEIGHTS_NAME
+        candidates.append(Path(get_package_share_directory("spidepth_ros")) / "models" / DEMO_WEIGHTS_NAME)
+    except (ImportError, LookupError, OSError):        # OSError: no AMENT_PREFIX_PATH (nothing sourced)
+        pass
+    prefixes = [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    prefixes += [here.parents[5], Path(sys.prefix)] if len(here.parents) > 5 else [Path(sys.prefix)]
+    candidates += [prefix / "share" / "spidepth_ros" / "models" / DEMO_WEIGHTS_NAME for prefix in prefixes]
+    return next((c for c in candidates if c.exists()), candidates[0])
 
 
 DEMO_WEIGHTS = find_demo_weights()
