@@ -14,7 +14,7 @@ endif
 pip_install = set -o pipefail; $(VPY) -m pip install -q $(1) 2>&1 | { grep -v "is ignored: it is neither" || true; }
 STAMP := $(VENV)/.setup-$(shell cat requirements-dev.txt setup.py | sha1sum | cut -c1-12)
 
-.PHONY: setup test demo bench lint clean colcon-check
+.PHONY: setup test demo bench lint clean colcon-check demo-data demo-weights demo-pose
 
 # TensorRT 10 and 11 Python bindings wheels (not installed: they need libnvinfer), for test_tensorrt_api.py
 TRT_WHEELS := .cache/tensorrt-wheels
@@ -63,3 +63,12 @@ demo-data: setup
 demo-weights: demo-data
 	$(VENV)/bin/spidepth-train --config config/demo_train.yaml
 	$(VPY) -m spidepth_ros.tools.package_demo_weights runs/demo/best.pt models/demo_small.pt --scale-from-bag data/stereo_val_100
+
+# The PoseNet inside the demo weights: trained alone (depth frozen) on synthetic monocular bags, then packaged
+# with the unchanged depth network and its calibrated scale (docs/demo_weights.md).
+demo-pose: setup
+	@for s in 1 2; do test -d data/mono_train_$$s || $(SYNTH) data/mono_train_$$s --seed $$s --frames 200 --width 320 --height 96; done
+	cp models/demo_small.pt runs/demo_small.before_pose.pt 2>/dev/null || (mkdir -p runs && cp models/demo_small.pt runs/demo_small.before_pose.pt)
+	$(VENV)/bin/spidepth-train --config config/demo_pose.yaml --set optim.epochs=3
+	$(VPY) -m spidepth_ros.tools.package_demo_weights runs/demo_pose/last.pt models/demo_small.pt \
+		--scale-from-checkpoint runs/demo_small.before_pose.pt
