@@ -67,3 +67,34 @@ def test_translation_scaling_is_upstreams_formula():
     t = torch.tensor([[[[0.1, -0.2, 0.3]]], [[[1.0, 1.0, 1.0]]]])       # PoseNet's [B, 1, 1, 3]
     scaled = scale_translation_by_mean_inverse_depth(t, depth)
     np.testing.assert_allclose(scaled.numpy(), [[0.1 * 0.5, -0.2 * 0.5, 0.3 * 0.5], [2.0, 2.0, 2.0]], rtol=1e-6)
+
+
+def test_direct_refinement_recovers_the_true_pose_from_identity(sequence):
+    """With the true depth held fixed, 40 refinement steps from the identity pose recover the true translation of
+    adjacent frames (0.4 m) and bring the error near the truth's. (From 1.2 m away, offset 3, they do not:
+    forward motion leaves the photometric basin; the trainer starts from PoseNet's pose and uses offset 1.)"""
+    from spidepth_ros.training.pose_refine import refine_transforms
+
+    cfg, frames = sequence
+    target = frames[OFFSET]
+    neighbours = (OFFSET - 1, OFFSET + 1)
+    true_t = [np.linalg.inv(frames[i].world_T_cam) @ target.world_T_cam for i in neighbours]
+    depth = torch.from_numpy(np.clip(target.depth, 0.1, 80.0))[None, None].float()
+    k = torch.eye(4)[None]
+    k[0, :3, :3] = torch.from_numpy(cfg.intrinsics.matrix()).float()
+    sources = [tensor_image(frames[i].rgb) for i in neighbours]
+    refined = refine_transforms(depth, tensor_image(target.rgb), sources, [torch.eye(4)[None]] * 2, k,
+                                torch.linalg.inv(k), steps=40, lr_translation=0.05, lr_rotation=0.005)
+    for got, want in zip(refined, true_t):
+        err = np.linalg.norm(got[0, :3, 3].numpy() - want[:3, 3])
+        assert err < 0.15 * np.linalg.norm(want[:3, 3]), (got[0, :3, 3], want[:3, 3])
+    from spidepth_ros.training.losses import photometric_error
+    from spidepth_ros.training.warping import warp
+
+    def error(transform) -> float:
+        return float(sum(photometric_error(warp(s, depth, k, torch.linalg.inv(k), t), tensor_image(target.rgb)).mean()
+                         for s, t in zip(sources, transform)))
+
+    start = error([torch.eye(4)[None]] * 2)
+    truth = error([torch.from_numpy(t)[None].float() for t in true_t])
+    assert error(refined) < truth + 0.1 * (start - truth)

@@ -54,6 +54,15 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class PoseConfig:
+    """Direct pose refinement per batch (training/pose_refine.py); 0 steps = PoseNet's poses as they are."""
+    refine_steps: int = 0                      # Adam steps on each pair's pose correction, depth held fixed
+    refine_lr_translation: float = 0.05        # model units per step (Adam): reaches ~0.5 in 10 steps
+    refine_lr_rotation: float = 0.005          # radians per step
+    distill_weight: float = 1.0                # L1 of PoseNet's transform to the refined one (teaches PoseNet)
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     optimizer: str = "adam"                    # adam | adamw
     lr: float = 1e-4
@@ -76,6 +85,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
     out_dir: str = "runs/spidepth"
     seed: int = 0
     device: str = "auto"                       # auto | cpu | cuda | cuda:N

@@ -25,6 +25,7 @@ from spidepth_ros.presets import ModelPreset, get_preset
 from .config import TrainConfig, save_config
 from .diagnostics import EpochDiagnostics
 from .losses import SelfSupervisedLoss
+from .pose_refine import refine_transforms
 from .warping import pose_from_axis_angle, scale_translation_by_mean_inverse_depth
 
 
@@ -145,10 +146,22 @@ class Trainer:
         transforms = [pose_from_axis_angle(aa_p.float(), t_p, invert=True),
                       pose_from_axis_angle(aa_n.float(), t_n, invert=False)]
         sources = [b["prev"], b["next"]]
+        distill = None
+        pc = self.cfg.pose
+        if pc.refine_steps > 0:
+            refined = refine_transforms(depth.float(), b["target"], sources, transforms, b["K"], b["inv_K"],
+                                        pc.refine_steps, pc.refine_lr_translation, pc.refine_lr_rotation,
+                                        self.cfg.loss.ssim_alpha, self.cfg.loss.ssim_window)
+            distill = sum((t[:, :3, :] - r[:, :3, :]).abs().mean() for t, r in zip(transforms, refined))
+            transforms = refined
+            t_p, t_n = refined[0][:, :3, 3], refined[1][:, :3, 3]      # what the warp uses, for the diagnostics
         if "stereo" in b:                  # the 's' frame: a known, fixed transform, no PoseNet
             sources.append(b["stereo"])
             transforms.append(b["stereo_T"])
         out = self.loss_fn(depth.float(), b["target"], sources, transforms, b["K"], b["inv_K"])
+        if distill is not None:
+            out["loss"] = out["loss"] + pc.distill_weight * distill
+            out["pose_distill"] = distill.detach()
         out["depth"] = depth.detach()
         with torch.no_grad():    # PoseNet's motion, for the per-epoch diagnostics (metres of model units, degrees)
             out["translation_norm"] = 0.5 * (t_p.detach().reshape(-1, 3).norm(dim=1).mean() +
