@@ -26,23 +26,6 @@ class FrameOutputs:
     timings_ms: dict = field(default_factory=dict)
 
 
-class Rectifier:
-    """Undistorts with (K, D, R, P) through cached remap tables (image_proc's rectify)."""
-
-    def __init__(self) -> None:
-        self._key = None
-        self._maps = None
-
-    def __call__(self, rgb: np.ndarray, k: np.ndarray, d: np.ndarray, r: np.ndarray, p: np.ndarray) -> np.ndarray:
-        import cv2
-
-        key = (rgb.shape, k.tobytes(), d.tobytes(), r.tobytes(), p.tobytes())
-        if key != self._key:
-            self._maps = cv2.initUndistortRectifyMap(k, d, r, p[:3, :3], (rgb.shape[1], rgb.shape[0]), cv2.CV_16SC2)
-            self._key = key
-        return cv2.remap(rgb, *self._maps, interpolation=cv2.INTER_LINEAR)
-
-
 class DepthPipeline:
     def __init__(self, estimator: DepthEstimator, resolution: str = "network") -> None:
         self.estimator = estimator

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,21 @@ class Camera:
                                data=self.rgb.tobytes()))
 
 
+@contextmanager
+def node_process_and_camera(context, namespace: str, *ros_args: str):
+    """A depth_node process under ``namespace`` and a :class:`Camera` beside it; both torn down afterwards."""
+    proc = spawn(node_cmd("-r", f"__ns:=/{namespace}", *ros_args, *reliable(namespace)))
+    cam = Camera(context, namespace)
+    spinner = Spinner(context, cam.node)
+    try:
+        yield proc, cam
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        spinner.stop()
+        cam.node.destroy_node()
+
+
 def lifecycle_call(node, namespace: str, transition: str | None):
     """ChangeState (by label) or GetState through the node's standard lifecycle services."""
     import rclpy
@@ -110,11 +126,8 @@ def lifecycle_call(node, namespace: str, transition: str | None):
 
 def test_lifecycle_driven_from_another_process(ros_context, small_onnx):
     ns = "lifecycle"
-    proc = spawn(node_cmd("-r", f"__ns:=/{ns}", "-p", f"model_path:={small_onnx}", "-p", "backend:=onnxruntime",
-                          "-p", "autostart:=false", *reliable(ns)))
-    cam = Camera(ros_context, ns)
-    spinner = Spinner(ros_context, cam.node)
-    try:
+    with node_process_and_camera(ros_context, ns, "-p", f"model_path:={small_onnx}", "-p", "backend:=onnxruntime",
+                                 "-p", "autostart:=false") as (proc, cam):
         assert lifecycle_call(cam.node, ns, None) == "unconfigured"
         assert cam.node.count_publishers(f"/{ns}/depth/image") == 0
         assert lifecycle_call(cam.node, ns, "configure")
@@ -142,21 +155,13 @@ def test_lifecycle_driven_from_another_process(ros_context, small_onnx):
         assert lifecycle_call(cam.node, ns, None) == "finalized"
         code, out, _ = finish(proc, signal.SIGTERM)
         assert_quiet_exit(code, out)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        spinner.stop()
-        cam.node.destroy_node()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGTERM])
 def test_signal_while_streaming_exits_zero_quietly(ros_context, small_onnx, sig):
     ns = f"stream_{sig.name.lower()}_{time.monotonic_ns() % 100000}"
-    proc = spawn(node_cmd("-r", f"__ns:=/{ns}", "-p", f"model_path:={small_onnx}", "-p", "backend:=onnxruntime",
-                          *reliable(ns)))
-    cam = Camera(ros_context, ns)
-    spinner = Spinner(ros_context, cam.node)
-    try:
+    with node_process_and_camera(ros_context, ns, "-p", f"model_path:={small_onnx}",
+                                 "-p", "backend:=onnxruntime") as (proc, cam):
         assert wait_for(lambda: cam.pub.get_subscription_count() == 1, 30)
         for _ in range(10):
             cam.publish()
@@ -166,11 +171,6 @@ def test_signal_while_streaming_exits_zero_quietly(ros_context, small_onnx, sig)
             cam.publish()
         code, out, _ = finish(proc, sig)
         assert_quiet_exit(code, out)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        spinner.stop()
-        cam.node.destroy_node()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
