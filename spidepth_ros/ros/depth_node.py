@@ -528,9 +528,9 @@ def main(args: Optional[list[str]] = None) -> int:
         while not stop.wait(0.2) and spinner.is_alive():
             pass
         stop.set()
-        node.stop()                       # worker first, while the context is valid
+        spinner.join(timeout=5.0)         # the executor stops waiting before anything it waits on is destroyed
+        node.stop()                       # then the worker, while the context is still valid
         executor.shutdown(timeout_sec=2.0)
-        spinner.join(timeout=5.0)
     except (ParameterError, StartupError) as exc:
         logger = node.get_logger() if node is not None else rclpy.logging.get_logger("depth_node")
         logger.fatal(f"cannot start: {exc}")
