@@ -69,6 +69,6 @@ demo-weights: demo-data
 demo-pose: setup
 	@for s in 1 2; do test -d data/mono_train_$$s || $(SYNTH) data/mono_train_$$s --seed $$s --frames 200 --width 320 --height 96; done
 	cp models/demo_small.pt runs/demo_small.before_pose.pt 2>/dev/null || (mkdir -p runs && cp models/demo_small.pt runs/demo_small.before_pose.pt)
-	$(VENV)/bin/spidepth-train --config config/demo_pose.yaml --set optim.epochs=3
+	$(VENV)/bin/spidepth-train --config config/demo_pose.yaml
 	$(VPY) -m spidepth_ros.tools.package_demo_weights runs/demo_pose/last.pt models/demo_small.pt \
 		--scale-from-checkpoint runs/demo_small.before_pose.pt
