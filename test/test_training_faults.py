@@ -86,3 +86,21 @@ def test_flipped_item_mirrors_the_principal_point_about_pixel_centres(rng):
     for i, flipped in enumerate(flips):
         got = float(data[i]["K"][0, 2])
         assert got == pytest.approx(width - 1 - cx if flipped else cx, abs=1e-6)
+
+
+def test_collapse_and_regression_warnings_name_the_problem():
+    """The thresholds in words, on the numbers of docs/real_data.md's fine-tune runs."""
+    from spidepth_ros.training.diagnostics import collapse_warnings, validation_warnings
+
+    assert validation_warnings({"val_abs_rel": 0.7243, "val_const_abs_rel": 0.5515}, 0.1125) == \
+        ["the model is no better than a constant depth on the validation frames"]
+    worse = validation_warnings({"val_abs_rel": 0.2343, "val_const_abs_rel": 0.5515}, 0.1125)
+    assert len(worse) == 1 and "worse than the initial model's 0.1125" in worse[0]
+    assert validation_warnings({"val_abs_rel": 0.1111, "val_const_abs_rel": 0.5515}, 0.1125) == []
+    assert validation_warnings({"val_photometric": 0.05}, 0.1125) == []
+    drift = collapse_warnings({"train_depth_median": 2.44, "train_depth_spread_p95_p5": 86.0,
+                               "train_automask_fraction": 0.42}, first_median=14.13)
+    assert len(drift) == 1 and "drifted 0.2x" in drift[0]
+    flat = collapse_warnings({"train_depth_median": 10.0, "train_depth_spread_p95_p5": 1.2,
+                              "train_automask_fraction": 0.6}, first_median=10.0)
+    assert len(flat) == 2 and "flattening" in flat[0] and "60% of pixels are automasked" in flat[1]

@@ -25,7 +25,7 @@ from spidepth_ros.metrics import EvalSettings, summarize
 
 from .config import TrainConfig, config_from_dict, load_config, save_config
 from .data import build_datasets
-from .diagnostics import EpochDiagnostics, collapse_warnings
+from .diagnostics import EpochDiagnostics, collapse_warnings, validation_warnings
 from .trainer import Trainer, init_distributed, resolve_device
 
 
@@ -255,8 +255,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         record(epoch, result)
         for warning in collapse_warnings(diagnostics, first_median[0] if first_median else None):
             print(f"  WARNING: {warning}")
-        if "val_abs_rel" in result and result["val_abs_rel"] >= result["val_const_abs_rel"]:
-            print("  WARNING: the model is no better than a constant depth on the validation frames")
+        for warning in validation_warnings(result, best.initial_abs_rel):
+            print(f"  WARNING: {warning}")
         writer.flush()
 
     if dist_probe.is_main and not args.resume and len(data.val):

@@ -17,6 +17,8 @@ import torch
 FLAT_SPREAD = 1.5
 #: automasked share above this: most pixels are better explained by not moving at all
 AUTOMASK_LIMIT = 0.5
+#: validation AbsRel this much above the initial model's is a regression worth saying so
+REGRESSION_FACTOR = 1.05
 #: the median depth moving this many times away from the first epoch's is a drift, not learning
 DRIFT_FACTOR = 4.0
 
@@ -63,4 +65,19 @@ def collapse_warnings(summary: dict, first_median: Optional[float] = None) -> li
         if ratio > DRIFT_FACTOR or ratio < 1 / DRIFT_FACTOR:
             warnings.append(f"the median predicted depth drifted {ratio:.1f}x from the first epoch's "
                             f"({first_median:.2f} -> {median:.2f}): the scale is running away. Lower optim.lr")
+    return warnings
+
+
+def validation_warnings(result: dict, initial_abs_rel: Optional[float]) -> list[str]:
+    """Warnings from one epoch's validation depth metrics against the initial model and a constant depth."""
+    warnings = []
+    abs_rel = result.get("val_abs_rel")
+    if abs_rel is None:
+        return warnings
+    if abs_rel >= result.get("val_const_abs_rel", float("inf")):
+        warnings.append("the model is no better than a constant depth on the validation frames")
+    elif initial_abs_rel is not None and abs_rel > REGRESSION_FACTOR * initial_abs_rel:
+        warnings.append(f"validation AbsRel {abs_rel:.4f} is worse than the initial model's {initial_abs_rel:.4f}: "
+                        "training is making this model worse (best.pt keeps the better epoch). Lower optim.lr, "
+                        "warm PoseNet up first (optim.pose_warmup_steps) or refine poses (pose.refine_steps)")
     return warnings
