@@ -52,6 +52,7 @@ setup(
             "spidepth-eval = spidepth_ros.training.evaluate:main",
             "spidepth-synth = spidepth_ros.synth:main",
             "spidepth-demo = spidepth_ros.ros.demo:main",
+            "spidepth-folder-to-bag = spidepth_ros.tools.rgbd_folder_to_bag:main",
             # underscore aliases so `ros2 run spidepth_ros spidepth_train` style names work too
             "spidepth_train = spidepth_ros.training.cli:main",
             "spidepth_eval = spidepth_ros.training.evaluate:main",

@@ -110,6 +110,56 @@ def iter_images(paths: Sequence[Path], topic: str, depth: bool = False) -> Itera
             yield stamp_to_ns(msg.header.stamp), arr
 
 
+POSE_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped",
+              "geometry_msgs/msg/TransformStamped", "tf2_msgs/msg/TFMessage")
+
+
+def _pose_matrix(position, orientation) -> np.ndarray:
+    from .geometry import quaternion_to_matrix
+
+    out = np.eye(4)
+    out[:3, :3] = quaternion_to_matrix([orientation.x, orientation.y, orientation.z, orientation.w])
+    out[:3, 3] = [position.x, position.y, position.z]
+    return out
+
+
+def read_poses(paths: Sequence[Path], topic: str, frames: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Recorded camera poses: ``(stamps_ns [N], world_T_camera [N, 4, 4])``, sorted by stamp.
+
+    ``topic`` carries nav_msgs/Odometry, geometry_msgs/PoseStamped, PoseWithCovarianceStamped or
+    TransformStamped, each the pose of the camera's optical frame in a fixed frame; or /tf (tf2_msgs/TFMessage)
+    with ``frames = (fixed_frame, camera_optical_frame)``, of which only transforms directly between those two
+    frames are used (no chaining).
+    """
+    stamps, poses = [], []
+    with open_reader(paths) as reader:
+        conns = _connections(reader, topic, POSE_TYPES)
+        for conn, _, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            kind = conn.msgtype.rsplit("/", 1)[-1]
+            if kind == "TFMessage":
+                if len(frames) != 2:
+                    raise BagError(f"{topic} is a tf topic: set data.pose_frames to [fixed_frame, camera_frame]")
+                for tf in msg.transforms:
+                    if tf.header.frame_id.lstrip("/") == frames[0].lstrip("/") and \
+                            tf.child_frame_id.lstrip("/") == frames[1].lstrip("/"):
+                        stamps.append(stamp_to_ns(tf.header.stamp))
+                        poses.append(_pose_matrix(tf.transform.translation, tf.transform.rotation))
+                continue
+            if kind == "TransformStamped":
+                pose = _pose_matrix(msg.transform.translation, msg.transform.rotation)
+            elif kind in ("Odometry", "PoseWithCovarianceStamped"):
+                pose = _pose_matrix(msg.pose.pose.position, msg.pose.pose.orientation)
+            else:
+                pose = _pose_matrix(msg.pose.position, msg.pose.orientation)
+            stamps.append(stamp_to_ns(msg.header.stamp))
+            poses.append(pose)
+    if not stamps:
+        raise BagError(f"no poses on {topic}" + (f" between {frames[0]!r} and {frames[1]!r}" if frames else ""))
+    order = np.argsort(np.array(stamps), kind="stable")
+    return np.array(stamps, np.int64)[order], np.array(poses)[order]
+
+
 def count_messages(paths: Sequence[Path], topic: str) -> int:
     with open_reader(paths) as reader:
         return sum(c.msgcount for c in reader.connections if c.topic == topic)
@@ -179,6 +229,18 @@ class BagWriter:
             header=self.header(stamp_ns, frame_id), height=intr.height, width=intr.width,
             distortion_model="plumb_bob", d=np.asarray(d if d is not None else [0.0] * 5, dtype=np.float64),
             k=k.ravel(), r=np.eye(3).ravel(), p=p.ravel(), binning_x=0, binning_y=0, roi=roi)
+
+    def pose_msg(self, stamp_ns: int, frame_id: str, world_t_camera: np.ndarray):
+        """geometry_msgs/PoseStamped of the camera in ``frame_id`` (the fixed frame)."""
+        from .geometry import matrix_to_quaternion
+
+        t = self.typestore.types
+        x, y, z, w = matrix_to_quaternion(world_t_camera[:3, :3])
+        px, py, pz = (float(v) for v in world_t_camera[:3, 3])
+        return t["geometry_msgs/msg/PoseStamped"](
+            header=self.header(stamp_ns, frame_id),
+            pose=t["geometry_msgs/msg/Pose"](position=t["geometry_msgs/msg/Point"](x=px, y=py, z=pz),
+                                             orientation=t["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w)))
 
     def write_camera_frame(self, namespace: str, frame_id: str, stamp_ns: int, rgb: np.ndarray,
                            intr: PinholeIntrinsics, depth: Optional[np.ndarray] = None,

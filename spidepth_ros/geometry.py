@@ -143,3 +143,46 @@ def pose_from_axis_angle(axis_angle: np.ndarray, translation: np.ndarray, invert
         m[:3, :3] = r
         m[:3, 3] = t
     return m
+
+
+def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
+    """Unit quaternion ``(x, y, z, w)`` (ROS order) -> ``[3, 3]`` rotation matrix."""
+    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
+    """``[3, 3]`` rotation -> unit quaternion ``(x, y, z, w)`` with ``w >= 0``."""
+    r = np.asarray(r, dtype=np.float64)
+    w = np.sqrt(max(0.0, 1 + r[0, 0] + r[1, 1] + r[2, 2])) / 2
+    x = np.copysign(np.sqrt(max(0.0, 1 + r[0, 0] - r[1, 1] - r[2, 2])) / 2, r[2, 1] - r[1, 2])
+    y = np.copysign(np.sqrt(max(0.0, 1 - r[0, 0] + r[1, 1] - r[2, 2])) / 2, r[0, 2] - r[2, 0])
+    z = np.copysign(np.sqrt(max(0.0, 1 - r[0, 0] - r[1, 1] + r[2, 2])) / 2, r[1, 0] - r[0, 1])
+    q = np.array([x, y, z, w])
+    return q / np.linalg.norm(q)
+
+
+def interpolate_pose(stamps_ns: np.ndarray, poses: np.ndarray, at_ns: int, max_gap_ns: int) -> Optional[np.ndarray]:
+    """``[4, 4]`` pose at ``at_ns`` from time-sorted ``poses [N, 4, 4]``: linear in translation, spherical-linear
+    in rotation between the two bracketing samples; None when they are more than ``max_gap_ns`` apart, or
+    ``at_ns`` lies outside the samples (no extrapolation)."""
+    if len(stamps_ns) == 0 or at_ns < stamps_ns[0] or at_ns > stamps_ns[-1]:
+        return None
+    j = int(np.searchsorted(stamps_ns, at_ns))
+    if stamps_ns[j] == at_ns:
+        return poses[j].copy()
+    i = j - 1
+    if stamps_ns[j] - stamps_ns[i] > max_gap_ns:
+        return None
+    a = (at_ns - stamps_ns[i]) / (stamps_ns[j] - stamps_ns[i])
+    q0, q1 = matrix_to_quaternion(poses[i][:3, :3]), matrix_to_quaternion(poses[j][:3, :3])
+    if q0 @ q1 < 0:
+        q1 = -q1
+    angle = np.arccos(np.clip(q0 @ q1, -1.0, 1.0))
+    q = q0 if angle < 1e-9 else (np.sin((1 - a) * angle) * q0 + np.sin(a * angle) * q1) / np.sin(angle)
+    out = np.eye(4)
+    out[:3, :3] = quaternion_to_matrix(q)
+    out[:3, 3] = (1 - a) * poses[i][:3, 3] + a * poses[j][:3, 3]
+    return out

@@ -210,8 +210,9 @@ def render_sequence(cfg: SynthConfig) -> Iterator[SynthFrame]:
 
 
 def write_bag(cfg: SynthConfig, out: Path, storage: str = "mcap", compressed: bool = False,
-              progress: bool = True) -> Path:
-    """Render ``cfg`` into a rosbag2 at ``out`` (must not exist)."""
+              progress: bool = True, poses: bool = False) -> Path:
+    """Render ``cfg`` into a rosbag2 at ``out`` (must not exist). ``poses``: also the true camera pose as
+    geometry_msgs/PoseStamped on ``<namespace>/pose`` (frame ``world``), for ``data.pose_topic``."""
     from tqdm import tqdm
 
     from .bagio import BagWriter
@@ -221,6 +222,9 @@ def write_bag(cfg: SynthConfig, out: Path, storage: str = "mcap", compressed: bo
                           unit="frame"):
             writer.write_camera_frame(cfg.namespace, cfg.frame_id, frame.stamp_ns, frame.rgb, cfg.intrinsics,
                                       depth=frame.depth, compressed=compressed)
+            if poses:
+                writer.write(f"{cfg.namespace}/pose", writer.pose_msg(frame.stamp_ns, "world", frame.world_T_cam),
+                             frame.stamp_ns)
             if frame.right_rgb is not None:
                 ns = f"{cfg.namespace}_right"
                 writer.write(f"{ns}/image_raw", writer.image_msg(frame.stamp_ns, "camera_right_optical_frame",
@@ -247,10 +251,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="metres; > 0 adds a right camera (<ns>_right/image_raw, camera_info with Tx)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     parser.add_argument("--compressed", action="store_true", help="write image_raw/compressed (png) instead")
+    parser.add_argument("--poses", action="store_true", help="also write the true camera pose (<ns>/pose)")
     args = parser.parse_args(argv)
     cfg = SynthConfig(width=args.width, height=args.height, frames=args.frames, rate_hz=args.rate,
                       speed=args.speed, num_boxes=args.boxes, seed=args.seed, stereo_baseline=args.stereo_baseline)
-    write_bag(cfg, args.out, args.storage, args.compressed)
+    write_bag(cfg, args.out, args.storage, args.compressed, poses=args.poses)
     print(f"wrote {args.out} ({cfg.frames} frames, seed {cfg.seed})")
     return 0
 

@@ -84,7 +84,7 @@ def test_direct_refinement_recovers_the_true_pose_from_identity(sequence):
     k[0, :3, :3] = torch.from_numpy(cfg.intrinsics.matrix()).float()
     sources = [tensor_image(frames[i].rgb) for i in neighbours]
     refined = refine_transforms(depth, tensor_image(target.rgb), sources, [torch.eye(4)[None]] * 2, k,
-                                torch.linalg.inv(k), steps=40, lr_translation=0.05, lr_rotation=0.005)
+                                torch.linalg.inv(k), steps=40, lr_translation=0.003, lr_rotation=0.005)
     for got, want in zip(refined, true_t):
         err = np.linalg.norm(got[0, :3, 3].numpy() - want[:3, 3])
         assert err < 0.15 * np.linalg.norm(want[:3, 3]), (got[0, :3, 3], want[:3, 3])

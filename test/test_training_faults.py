@@ -104,3 +104,17 @@ def test_collapse_and_regression_warnings_name_the_problem():
     flat = collapse_warnings({"train_depth_median": 10.0, "train_depth_spread_p95_p5": 1.2,
                               "train_automask_fraction": 0.6}, first_median=10.0)
     assert len(flat) == 2 and "flattening" in flat[0] and "60% of pixels are automasked" in flat[1]
+
+
+def test_threads_zero_takes_this_process_share_of_the_cpus():
+    """threads: 0 must not give every torchrun process and every DataLoader worker all cores."""
+    from spidepth_ros.training.cli import auto_threads
+
+    assert auto_threads(0, cpu_count=16, local_world_size=1) == 16
+    assert auto_threads(0, cpu_count=16, local_world_size=4) == 4
+    assert auto_threads(3, cpu_count=16, local_world_size=2) == 2       # 16 // (2 x 4)
+    assert auto_threads(7, cpu_count=2, local_world_size=2) == 1        # never 0
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        assert auto_threads(0, local_world_size=1) == len(os.sched_getaffinity(0))

@@ -41,6 +41,17 @@ def image_panel(batch: dict, depth: torch.Tensor, count: int = 4) -> np.ndarray:
     return np.concatenate(rows, axis=0).transpose(2, 0, 1)
 
 
+def auto_threads(workers: int, cpu_count: Optional[int] = None, local_world_size: Optional[int] = None) -> int:
+    """torch CPU threads for ``threads: 0``: the CPUs this process may use (its affinity mask, so a container or
+    ``taskset`` limit counts), shared among the torchrun processes on this machine and their DataLoader workers.
+    torch's own default takes every core for every process, which oversubscribes a loaded machine."""
+    if cpu_count is None:
+        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if local_world_size is None:
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cpu_count // (max(1, local_world_size) * (1 + max(0, workers))))
+
+
 def validate(trainer: Trainer, val_set, cfg: TrainConfig, max_batches: int = 20) -> dict:
     """Mean photometric loss on validation triplets, plus depth metrics when ``data.depth_topic`` is set."""
     from torch.utils.data import DataLoader
@@ -75,7 +86,8 @@ def depth_metrics(trainer: Trainer, cfg: TrainConfig, max_frames: int = 40) -> d
         return trainer.depth_net(x)[0, 0].float().cpu().numpy()
 
     rows = evaluate_bags(predict, bags, cfg.data.image_topic, cfg.data.depth_topic,
-                         EvalSettings(preset.min_depth, preset.max_depth), max_frames=max_frames, every=3,
+                         EvalSettings(preset.min_depth, cfg.data.eval_max_depth or preset.max_depth),
+                         max_frames=max_frames, every=3,
                          progress=False)
     s = summarize(rows)
     return {f"val_{k}": v for k, v in s.items()
@@ -170,8 +182,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = config_from_dict(apply_overrides(saved.get("config", {}), overrides))
     else:
         cfg = load_config(args.config, overrides)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or auto_threads(cfg.data.workers)
+    torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     dist_probe = init_distributed(resolve_device(cfg.device))
     device = resolve_device(cfg.device, dist_probe)

@@ -22,8 +22,19 @@ class DataConfig:
     stereo_image_topic: str = ""               # optional second (right) camera: the reference's 's' frame
     stereo_camera_info_topic: str = ""         # its CameraInfo; the baseline comes from P's Tx = -fx * B
     depth_topic: str = ""                      # optional ground truth in val bags (32FC1 m / 16UC1 mm)
+    eval_max_depth: float = 0.0                # ground truth beyond this (m) is not scored; 0 = the preset's
+                                               # max_depth (an indoor RGB-D sensor: ~10)
     intrinsics: tuple[float, ...] = ()         # fx, fy, cx, cy in pixels of the recorded image, if no CameraInfo
+    pose_topic: str = ""                       # optional recorded camera poses (Odometry, PoseStamped,
+                                               # TransformStamped, or /tf with pose_frames): PoseNet's error
+                                               # against them each epoch; pose.init=recorded trains with them
+    pose_frames: tuple[str, ...] = ()          # (fixed_frame, camera_optical_frame) for a /tf topic
+    rectify: bool = True                       # undistort + rotate by R when the CameraInfo has D or R; false
+                                               # for already rectified topics (image_rect keeps the raw D)
     frame_offset: int = 1                      # k in (t-k, t, t+k), in frames after motion filtering
+    target_parallax_px: float = 0.0            # > 0: per target, the nearest frames whose measured translation
+                                               # parallax reaches this (px at network size); replaces frame_offset
+    max_frame_offset: int = 0                  # parallax is measured to this many frames ahead (0 = not measured)
     max_gap_s: float = 0.5                     # largest stamp gap allowed inside a triplet
     min_motion: float = 0.01                   # mean |frame difference| (0..1 grey) below which a pair is static
     val_fraction: float = 0.1
@@ -57,7 +68,10 @@ class LossConfig:
 class PoseConfig:
     """Direct pose refinement per batch (training/pose_refine.py); 0 steps = PoseNet's poses as they are."""
     refine_steps: int = 0                      # Adam steps on each pair's pose correction, depth held fixed
-    refine_lr_translation: float = 0.05        # model units per step (Adam): reaches ~0.5 in 10 steps
+    init: str = "posenet"                      # posenet | image_rotation: start each pair from the rotation
+                                               # measured from the images (needs data.max_frame_offset > 0) and
+                                               # zero translation; hand-held video (docs/real_data.md)
+    refine_lr_translation: float = 0.002       # per-step size as a fraction of the target's median depth
     refine_lr_rotation: float = 0.005          # radians per step
     distill_weight: float = 1.0                # L1 of PoseNet's transform to the refined one (teaches PoseNet)
 
@@ -75,6 +89,8 @@ class OptimConfig:
     grad_clip: float = 1.0                     # max grad norm; 0 disables
     amp: bool = True                           # autocast + GradScaler on CUDA (ignored on CPU)
     max_steps: int = 0                         # stop after this many steps (0 = epochs decide)
+    max_minutes: float = 0.0                   # wall-clock budget: no epoch is started that would end past it
+                                               # (0 = none); counted across resumes
     pose_warmup_steps: int = 0                 # first N steps train PoseNet only, the depth network frozen (eval):
                                                # a random PoseNet otherwise drags a good depth net to a flat map
 
@@ -91,7 +107,8 @@ class TrainConfig:
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
     log_every: int = 20                        # steps between TensorBoard scalars
     checkpoint_every: int = 200                # steps between mid-epoch checkpoints (0 = epoch ends only)
-    threads: int = 0                           # torch CPU threads (0 = torch default)
+    threads: int = 0                           # torch CPU threads; 0 = this process's share of its CPUs
+                                               # (affinity / (torchrun procs x (1 + data.workers)))
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))

@@ -28,6 +28,7 @@ class EpochDiagnostics:
     """Running means over one epoch's training steps (fed the dicts :meth:`Trainer.compute_loss` returns)."""
 
     sums: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
     steps: int = 0
 
     def add(self, out: dict) -> None:
@@ -38,12 +39,32 @@ class EpochDiagnostics:
                   "automask_fraction": float(out["automask_fraction"]),
                   "translation_norm": float(out.get("translation_norm", float("nan"))),
                   "rotation_deg": float(out.get("rotation_deg", float("nan")))}
+        for key in ("frame_offset", "parallax_px",          # chosen offsets and their measured parallax
+                    "posenet_rotation_error_deg", "posenet_direction_error_deg"):   # against data.pose_topic
+            if key in out and torch.isfinite(torch.as_tensor(out[key])):
+                values[key] = float(out[key])
         for key, value in values.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
         self.steps += 1
 
     def summary(self) -> dict:
-        return {f"train_{k}": v / self.steps for k, v in self.sums.items()} if self.steps else {}
+        # a key absent from some steps (parallax unmeasured) is averaged over the steps that had it
+        return {f"train_{k}": v / self.counts[k] for k, v in self.sums.items()} if self.steps else {}
+
+
+def pose_errors(estimated: torch.Tensor, recorded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation error and translation-direction error, in degrees, of ``estimated [B, 4, 4]`` transforms against
+    ``recorded [B, 4, 4]`` ones (same convention: target camera -> source camera). The direction error ignores
+    scale (monocular translation has none of its own); it is NaN where either translation is below 1e-9."""
+    relative = estimated[:, :3, :3].transpose(1, 2) @ recorded[:, :3, :3]
+    trace = relative.diagonal(dim1=1, dim2=2).sum(-1)
+    rotation = torch.rad2deg(torch.arccos(((trace - 1) / 2).clamp(-1, 1)))
+    a, b = estimated[:, :3, 3], recorded[:, :3, 3]
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    cos = ((a * b).sum(1) / norms.clamp_min(1e-30)).clamp(-1, 1)
+    direction = torch.where(norms > 1e-18, torch.rad2deg(torch.arccos(cos)), torch.full_like(cos, float("nan")))
+    return rotation, direction
 
 
 def collapse_warnings(summary: dict, first_median: Optional[float] = None) -> list[str]:

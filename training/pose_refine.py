@@ -42,8 +42,12 @@ def refine_transforms(depth: torch.Tensor, target: torch.Tensor, sources: list[t
 
     The objective per pair is the mean over pixels of ``min(reprojection, identity)`` error (identity: the source
     unwarped), so static or textureless pixels do not pull the pose. ``depth`` ``[B, 1, H, W]`` is not changed.
+    ``lr_translation`` is a fraction of each target's median depth per step: the depth's scale is arbitrary in
+    monocular training, and a step in model units would be too small for one scale and too large for another
+    (the median, not the mean: a few far pixels would inflate the step).
     """
     depth = depth.detach()
+    depth_scale = depth.flatten(1).median(1).values[:, None]      # [B, 1]: the translation's natural unit
     refined = []
     with torch.enable_grad():
         for source, transform in zip(sources, transforms):
@@ -55,10 +59,10 @@ def refine_transforms(depth: torch.Tensor, target: torch.Tensor, sources: list[t
             opt = torch.optim.Adam([{"params": [da], "lr": lr_rotation}, {"params": [dt], "lr": lr_translation}])
             for _ in range(steps):
                 opt.zero_grad(set_to_none=True)
-                synth = warp(source, depth, k, inv_k, compose_correction(da, dt, transform))
+                synth = warp(source, depth, k, inv_k, compose_correction(da, dt * depth_scale, transform))
                 error = torch.minimum(photometric_error(synth, target, ssim_alpha, ssim_window), identity)
                 # a sum over the batch so that each pair's own mean error drives its own correction
                 error.mean(dim=(1, 2, 3)).sum().backward()
                 opt.step()
-            refined.append(compose_correction(da.detach(), dt.detach(), transform))
+            refined.append(compose_correction(da.detach(), dt.detach() * depth_scale, transform))
     return refined

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,7 +24,7 @@ from spidepth_ros.models import build_depth_net, build_pose_net
 from spidepth_ros.presets import ModelPreset, get_preset
 
 from .config import TrainConfig, save_config
-from .diagnostics import EpochDiagnostics
+from .diagnostics import EpochDiagnostics, pose_errors
 from .losses import SelfSupervisedLoss
 from .pose_refine import refine_transforms
 from .warping import pose_from_axis_angle, scale_translation_by_mean_inverse_depth
@@ -81,6 +82,7 @@ def build_models(cfg: TrainConfig) -> tuple[ModelPreset, nn.Module, nn.Module, O
 
 
 TRANSLATION_SCALINGS = ("mean_inverse_depth", "none")
+POSE_INITS = ("posenet", "image_rotation", "recorded")
 
 
 class Trainer:
@@ -93,6 +95,13 @@ class Trainer:
         self.preset, depth_net, pose_net, _ = build_models(cfg)
         self.depth_net = depth_net.to(device).train()
         self.pose_net = pose_net.to(device).train()
+        if cfg.pose.init not in POSE_INITS:
+            raise ValueError(f"pose.init must be one of {POSE_INITS}, not {cfg.pose.init!r}")
+        if cfg.pose.init == "image_rotation" and cfg.data.max_frame_offset <= 0:
+            raise ValueError("pose.init=image_rotation needs the rotations measured into the frame cache: set "
+                             "data.max_frame_offset > 0 (e.g. 16)")
+        if cfg.pose.init == "recorded" and not cfg.data.pose_topic:
+            raise ValueError("pose.init=recorded trains with the recording's own poses: set data.pose_topic")
         if cfg.loss.translation_scaling not in TRANSLATION_SCALINGS:
             raise ValueError(f"loss.translation_scaling must be one of {TRANSLATION_SCALINGS}, not "
                              f"{cfg.loss.translation_scaling!r}")
@@ -112,6 +121,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch = 0
         self.step_in_epoch = 0
+        self.elapsed_s = 0.0            # wall-clock seconds of fit() so far, carried across resumes (max_minutes)
         self.epoch_diagnostics = EpochDiagnostics()      # reset by whoever reads it at the end of an epoch
         self.global_step = 0
         self._ddp_depth = self._ddp_pose = None
@@ -145,6 +155,18 @@ class Trainer:
             t_n = scale_translation_by_mean_inverse_depth(t_n, depth.float())
         transforms = [pose_from_axis_angle(aa_p.float(), t_p, invert=True),
                       pose_from_axis_angle(aa_n.float(), t_n, invert=False)]
+        posenet_transforms = transforms
+        if self.cfg.pose.init == "recorded" and "recorded_transform" in b:
+            # metric poses from SLAM / mocap / odometry where all three frames have one, PoseNet's elsewhere
+            has = b["has_recorded"].view(-1, 1, 1)
+            transforms = [torch.where(has, b["recorded_transform"][:, i], tr) for i, tr in enumerate(transforms)]
+            t_p, t_n = transforms[0][:, :3, 3], transforms[1][:, :3, 3]
+        if self.cfg.pose.init == "image_rotation" and "image_rotation" in b:
+            # the rotation measured from the images and no translation: hand-held video rotates much more than
+            # it translates, and a PoseNet translation fed back through the distillation can run away with the
+            # depth's scale; the refinement below finds the translation (and corrects the rotation)
+            transforms = [torch.cat([torch.cat([b["image_rotation"][:, i], torch.zeros_like(tr[:, :3, 3:])], 2),
+                                     tr[:, 3:]], 1) for i, tr in enumerate(transforms)]
         sources = [b["prev"], b["next"]]
         distill = None
         pc = self.cfg.pose
@@ -163,11 +185,23 @@ class Trainer:
             out["loss"] = out["loss"] + pc.distill_weight * distill
             out["pose_distill"] = distill.detach()
         out["depth"] = depth.detach()
+        if "recorded_transform" in b and bool(b["has_recorded"].any()):
+            # how far PoseNet is from the recorded motion, whatever the warp used
+            has = b["has_recorded"]
+            rot_err, dir_err = zip(*(pose_errors(est[has].detach(), b["recorded_transform"][has, i])
+                                     for i, est in enumerate(posenet_transforms)))
+            out["posenet_rotation_error_deg"] = torch.cat(rot_err).mean()
+            out["posenet_direction_error_deg"] = torch.cat(dir_err).nanmean()
+        if "offsets" in b:
+            out["frame_offset"] = b["offsets"].float().mean()
+            out["parallax_px"] = b["parallax_px"].float().nanmean()
         with torch.no_grad():    # PoseNet's motion, for the per-epoch diagnostics (metres of model units, degrees)
             out["translation_norm"] = 0.5 * (t_p.detach().reshape(-1, 3).norm(dim=1).mean() +
                                              t_n.detach().reshape(-1, 3).norm(dim=1).mean())
-            out["rotation_deg"] = 0.5 * torch.rad2deg(aa_p.detach().float().reshape(-1, 3).norm(dim=1).mean() +
-                                                      aa_n.detach().float().reshape(-1, 3).norm(dim=1).mean())
+            # the rotation the warp used (PoseNet's, the image's, or refined), as an angle from the trace
+            out["rotation_deg"] = sum(torch.rad2deg(torch.arccos(((tr[:, 0, 0] + tr[:, 1, 1] + tr[:, 2, 2] - 1) / 2)
+                                                                 .clamp(-1, 1))).mean()
+                                      for tr in transforms[:2]) / 2
         return out
 
     def depth_frozen(self) -> bool:
@@ -201,7 +235,8 @@ class Trainer:
         save_checkpoint(path, self.preset, self.depth_net, self.pose_net, config=self.cfg.to_dict(),
                         optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                         scaler=self.scaler.state_dict(), epoch=self.epoch, step_in_epoch=self.step_in_epoch,
-                        global_step=self.global_step, torch_rng=torch.get_rng_state())
+                        global_step=self.global_step, torch_rng=torch.get_rng_state(),
+                        elapsed_s=self.elapsed_s)
         save_config(self.cfg, path.parent / "config.yaml")
 
     def load(self, path: Path) -> None:
@@ -221,6 +256,7 @@ class Trainer:
         self.scheduler.load_state_dict(data["scheduler"])
         self.scaler.load_state_dict(data["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = data["epoch"], data["step_in_epoch"], data["global_step"]
+        self.elapsed_s = float(data.get("elapsed_s", 0.0))
         torch.set_rng_state(data["torch_rng"])
 
     # -- loop ------------------------------------------------------------------------------------------
@@ -230,7 +266,16 @@ class Trainer:
         from tqdm import tqdm
 
         o = self.cfg.optim
+        budget_s = o.max_minutes * 60.0
+        clock = [time.monotonic()]
+
+        def tick() -> None:             # add the wall time since the last tick to elapsed_s (saved, resumed)
+            now = time.monotonic()
+            self.elapsed_s += now - clock[0]
+            clock[0] = now
+
         while self.epoch < o.epochs:
+            epoch_start_s = self.elapsed_s
             train_set.set_epoch(self.epoch)
             order = epoch_order(len(train_set), self.cfg.seed, self.epoch, self.dist)
             steps = len(order) // o.batch_size
@@ -246,6 +291,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}")
                 if self.global_step % self.cfg.log_every == 0:
                     on_log(self.global_step, out)
+                tick()
                 if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
                     self.save(out_dir / "last.pt")
                 if o.max_steps and self.global_step >= o.max_steps:
@@ -254,5 +300,15 @@ class Trainer:
             self.epoch += 1
             self.step_in_epoch = 0
             self.scheduler.step()
+            tick()
             self.save(out_dir / "last.pt")
             on_epoch_end(self.epoch)
+            tick()
+            epoch_s = self.elapsed_s - epoch_start_s
+            if budget_s and self.epoch < o.epochs and self.elapsed_s + epoch_s > budget_s:
+                # another epoch as long as this one would overrun: stop on a validated epoch boundary
+                if self.dist.is_main:
+                    print(f"optim.max_minutes={o.max_minutes:g}: stopping after epoch {self.epoch} "
+                          f"({self.elapsed_s / 60:.1f} min used, an epoch takes {epoch_s / 60:.1f} min)")
+                self.save(out_dir / "last.pt")
+                return
