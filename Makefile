@@ -14,7 +14,7 @@ endif
 pip_install = set -o pipefail; $(VPY) -m pip install -q $(1) 2>&1 | { grep -v "is ignored: it is neither" || true; }
 STAMP := $(VENV)/.setup-$(shell cat requirements-dev.txt setup.py | sha1sum | cut -c1-12)
 
-.PHONY: setup test demo bench lint clean colcon-check demo-data demo-weights demo-pose
+.PHONY: setup test demo bench lint clean colcon-check demo-data demo-weights demo-pose demo-mono
 
 # TensorRT 10 and 11 Python bindings wheels (not installed: they need libnvinfer), for test_tensorrt_api.py
 TRT_WHEELS := .cache/tensorrt-wheels
@@ -72,3 +72,9 @@ demo-pose: setup
 	$(VENV)/bin/spidepth-train --config config/demo_pose.yaml
 	$(VPY) -m spidepth_ros.tools.package_demo_weights runs/demo_pose/last.pt models/demo_small.pt \
 		--scale-from-checkpoint runs/demo_small.before_pose.pt
+
+# Monocular-only training from scratch on synthetic bags within the stereo recipe's 52 minutes (docs/real_data.md).
+demo-mono: setup
+	@for s in 1 2 3; do test -d data/mono_train_$$s || $(SYNTH) data/mono_train_$$s --seed $$s --frames 200 --width 320 --height 96; done
+	@test -d data/mono_val_100 || $(SYNTH) data/mono_val_100 --seed 100 --frames 60 --width 320 --height 96
+	$(VENV)/bin/spidepth-train --config config/demo_mono.yaml
