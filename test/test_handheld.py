@@ -36,6 +36,19 @@ def _angle_deg(r: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))))
 
 
+def _loss_and_warped_transforms(trainer, batch) -> tuple[dict, list[torch.Tensor]]:
+    """``trainer.compute_loss(batch)`` and the transforms the loss warped with (prev, next, ...)."""
+    seen = []
+    original = trainer.loss_fn.forward
+
+    def spy(depth, target, sources, transforms, k, inv_k):
+        seen.extend(t.detach().clone() for t in transforms)
+        return original(depth, target, sources, transforms, k, inv_k)
+
+    trainer.loss_fn.forward = spy
+    return trainer.compute_loss(batch), seen
+
+
 def test_cache_holds_rotations_that_match_the_true_relative_rotation(store, synth_bag):
     _, frames = synth_bag
     assert store.parallax.shape == (16, 4) and store.rotation_vec.shape == (16, 4, 3)
@@ -112,15 +125,7 @@ def test_image_rotation_is_the_transform_the_refinement_starts_from(store, tmp_p
     trainer = Trainer(cfg, torch.device("cpu"))
     batch = next(iter(torch.utils.data.DataLoader(TripletDataset([store], [(0, 2, 5, 8)], 320, 96,
                                                                  augment=False), batch_size=1)))
-    seen = []
-    original = trainer.loss_fn.forward
-
-    def spy(depth, target, sources, transforms, k, inv_k):
-        seen.extend(t.detach().clone() for t in transforms)
-        return original(depth, target, sources, transforms, k, inv_k)
-
-    trainer.loss_fn.forward = spy
-    out = trainer.compute_loss(batch)
+    out, seen = _loss_and_warped_transforms(trainer, batch)
     angles = [_angle_deg(batch["image_rotation"][0, i].double().numpy()) for i in range(2)]
     assert float(out["rotation_deg"]) == pytest.approx(np.mean(angles), abs=0.05)
     for i in range(2):
@@ -336,15 +341,7 @@ def test_recorded_pose_init_warps_with_the_recorded_poses_and_logs_posenet_error
     trainer = Trainer(cfg, torch.device("cpu"))
     batch = next(iter(torch.utils.data.DataLoader(TripletDataset([store], [(0, 2, 5, 8), (0, 6, 9, 12)], 320, 96,
                                                                  augment=False), batch_size=2)))
-    seen = []
-    original = trainer.loss_fn.forward
-
-    def spy(depth, target, sources, transforms, k, inv_k):
-        seen.extend(t.detach().clone() for t in transforms)
-        return original(depth, target, sources, transforms, k, inv_k)
-
-    trainer.loss_fn.forward = spy
-    out = trainer.compute_loss(batch)
+    out, seen = _loss_and_warped_transforms(trainer, batch)
     for i in range(2):
         np.testing.assert_allclose(seen[i].numpy(), batch["recorded_transform"][:, i].numpy(), atol=1e-6)
     # PoseNet's own (random) poses, recomputed here, against the recorded ones
