@@ -53,13 +53,17 @@ class EpochDiagnostics:
         return {f"train_{k}": v / self.counts[k] for k, v in self.sums.items()} if self.steps else {}
 
 
+def rotation_angle_deg(rotations: torch.Tensor) -> torch.Tensor:
+    """Angle in degrees of each rotation in ``[B, 3, 3]`` (from the trace), ``[B]``."""
+    trace = rotations.diagonal(dim1=1, dim2=2).sum(-1)
+    return torch.rad2deg(torch.arccos(((trace - 1) / 2).clamp(-1, 1)))
+
+
 def pose_errors(estimated: torch.Tensor, recorded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotation error and translation-direction error, in degrees, of ``estimated [B, 4, 4]`` transforms against
     ``recorded [B, 4, 4]`` ones (same convention: target camera -> source camera). The direction error ignores
     scale (monocular translation has none of its own); it is NaN where either translation is below 1e-9."""
-    relative = estimated[:, :3, :3].transpose(1, 2) @ recorded[:, :3, :3]
-    trace = relative.diagonal(dim1=1, dim2=2).sum(-1)
-    rotation = torch.rad2deg(torch.arccos(((trace - 1) / 2).clamp(-1, 1)))
+    rotation = rotation_angle_deg(estimated[:, :3, :3].transpose(1, 2) @ recorded[:, :3, :3])
     a, b = estimated[:, :3, 3], recorded[:, :3, 3]
     norms = a.norm(dim=1) * b.norm(dim=1)
     cos = ((a * b).sum(1) / norms.clamp_min(1e-30)).clamp(-1, 1)

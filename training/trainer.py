@@ -24,7 +24,7 @@ from spidepth_ros.models import build_depth_net, build_pose_net
 from spidepth_ros.presets import ModelPreset, get_preset
 
 from .config import TrainConfig, save_config
-from .diagnostics import EpochDiagnostics, pose_errors
+from .diagnostics import EpochDiagnostics, pose_errors, rotation_angle_deg
 from .losses import SelfSupervisedLoss
 from .pose_refine import refine_transforms
 from .warping import pose_from_axis_angle, scale_translation_by_mean_inverse_depth
@@ -199,9 +199,7 @@ class Trainer:
             out["translation_norm"] = 0.5 * (t_p.detach().reshape(-1, 3).norm(dim=1).mean() +
                                              t_n.detach().reshape(-1, 3).norm(dim=1).mean())
             # the rotation the warp used (PoseNet's, the image's, or refined), as an angle from the trace
-            out["rotation_deg"] = sum(torch.rad2deg(torch.arccos(((tr[:, 0, 0] + tr[:, 1, 1] + tr[:, 2, 2] - 1) / 2)
-                                                                 .clamp(-1, 1))).mean()
-                                      for tr in transforms[:2]) / 2
+            out["rotation_deg"] = sum(rotation_angle_deg(tr[:, :3, :3]).mean() for tr in transforms[:2]) / 2
         return out
 
     def depth_frozen(self) -> bool:
