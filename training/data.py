@@ -236,8 +236,9 @@ def triplet_parallax(store: FrameStore, triplet: tuple[int, int, int]) -> tuple[
     return float(a), float(b)
 
 
-#: mirrors x: a horizontally flipped image pair's rotation is S R S
-_MIRROR_X = np.diag([-1.0, 1.0, 1.0])
+#: mirrors x: a horizontally flipped pair's transform is S T S (its rotation: the 3x3 block, S R S)
+_MIRROR_X4 = np.diag([-1.0, 1.0, 1.0, 1.0])
+_MIRROR_X = _MIRROR_X4[:3, :3]
 
 
 def image_rotations(store: FrameStore, triplet: tuple[int, int, int], flipped: bool) -> np.ndarray:
@@ -279,10 +280,6 @@ def attach_poses(store: FrameStore, bag: Path, topic: str, frames: Sequence[str]
                        f"stamp ({stamps[0]}..{stamps[-1]} ns against images {store.stamps_ns[0]}.."
                        f"{store.stamps_ns[-1]} ns): are both stamped by the same clock?")
     store.recorded_poses = out
-
-
-#: mirrors x for 4x4 transforms: a flipped pair's transform is S T S
-_MIRROR_X4 = np.diag([-1.0, 1.0, 1.0, 1.0])
 
 
 def recorded_transforms(store: FrameStore, triplet: tuple[int, int, int], flipped: bool
