@@ -188,6 +188,14 @@ def depth_to_metres(arr: np.ndarray, encoding: str) -> np.ndarray:
     raise ImageDecodeError(f"{encoding!r} is not a depth encoding; use one of {DEPTH_ENCODINGS}")
 
 
+def sensor_units_to_metres(raw: np.ndarray, metres_per_unit: float) -> np.ndarray:
+    """Integer depth in a sensor's own unit (RealSense z16: 0.001 m, TUM RGB-D PNGs: 0.0002 m) -> float32 metres,
+    0 (no return) -> NaN (REP 118). Recorded 16UC1 topics are millimetres: use :func:`depth_to_metres`."""
+    out = raw.astype(np.float32) * np.float32(metres_per_unit)
+    out[raw == 0] = np.nan
+    return out
+
+
 def metres_to_16uc1(depth: np.ndarray) -> np.ndarray:
     """Float metres (NaN invalid) -> uint16 millimetres, 0 invalid, saturating at 65.535 m."""
     d = np.nan_to_num(depth.astype(np.float64) * MILLIMETRES_PER_METRE, nan=0.0, posinf=0.0, neginf=0.0)

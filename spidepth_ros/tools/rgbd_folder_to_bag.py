@@ -124,13 +124,6 @@ def _read_png(path: Path, depth: bool) -> np.ndarray:
     return np.ascontiguousarray(image[..., 2::-1])  # BGR(A) -> RGB
 
 
-def depth_png_to_metres(raw: np.ndarray, unit_m: float) -> np.ndarray:
-    """uint16 sensor units -> float32 metres, 0 (no return) -> NaN (REP 118)."""
-    out = raw.astype(np.float32) * np.float32(unit_m)
-    out[raw == 0] = np.nan
-    return out
-
-
 def record(folder: Path, out: Path, intrinsics: Sequence[float], depth_unit_m: float,
            frames: str = ":", rate_hz: float = 0.0, namespace: str = "/camera",
            frame_id: str = "camera_color_optical_frame", storage: str = "mcap", progress: bool = True) -> int:
@@ -138,6 +131,7 @@ def record(folder: Path, out: Path, intrinsics: Sequence[float], depth_unit_m: f
     from tqdm import tqdm
 
     from ..bagio import BagWriter
+    from ..encodings import sensor_units_to_metres
     from ..geometry import PinholeIntrinsics
 
     folder = Path(folder)
@@ -169,7 +163,7 @@ def record(folder: Path, out: Path, intrinsics: Sequence[float], depth_unit_m: f
             seconds = n / rate_hz if rate_hz > 0 else pair.stamp_s - t0
             stamp_ns = 1_000_000_000 + int(round(seconds * 1e9))
             writer.write_camera_frame(namespace, frame_id, stamp_ns, rgb, intr,
-                                      depth=depth_png_to_metres(raw, depth_unit_m))
+                                      depth=sensor_units_to_metres(raw, depth_unit_m))
     return len(chosen)
 
 
