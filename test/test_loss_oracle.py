@@ -84,7 +84,7 @@ def test_direct_refinement_recovers_the_true_pose_from_identity(sequence):
     k[0, :3, :3] = torch.from_numpy(cfg.intrinsics.matrix()).float()
     sources = [tensor_image(frames[i].rgb) for i in neighbours]
     refined = refine_transforms(depth, tensor_image(target.rgb), sources, [torch.eye(4)[None]] * 2, k,
-                                torch.linalg.inv(k), steps=40, lr_translation=0.003, lr_rotation=0.005)
+                                torch.linalg.inv(k), steps=40, lr_translation=0.003, lr_rotation=0.005).transforms
     for got, want in zip(refined, true_t):
         err = np.linalg.norm(got[0, :3, 3].numpy() - want[:3, 3])
         assert err < 0.15 * np.linalg.norm(want[:3, 3]), (got[0, :3, 3], want[:3, 3])
@@ -100,21 +100,16 @@ def test_direct_refinement_recovers_the_true_pose_from_identity(sequence):
     assert error(refined) < truth + 0.1 * (start - truth)
 
 
-def test_demo_mono_refinement_reaches_the_true_translation_of_two_frame_pairs():
-    """config/demo_mono.yaml starts each pair from the measured rotation and no translation (pose.init:
-    image_rotation), so its refinement must reach the whole translation: 0.8 m at offset 2 (the recipe's parallax
-    target picks offsets of ~2), ~7 % of the median depth. Fed the true depth and the true rotation, its step size and
-    count recover it within 25 % (median over pairs); 20 steps of 0.002, the hand-held recipe's, reach at most 4 %
-    and miss by 35-50 % (docs/real_data.md)."""
-    from spidepth_ros.training.config import load_config
+def _refine_two_frame_pairs(lr_translation: float, steps: int, lr_rotation: float) -> tuple[list[float], float]:
+    """Relative translation errors and the saturated share of refinements from the true rotation and no
+    translation, with the true depth, at offset 2 (0.8 m of forward driving) around four targets."""
     from spidepth_ros.training.pose_refine import refine_transforms
 
-    pose_cfg = load_config("config/demo_mono.yaml").pose
     cfg = SynthConfig(width=320, height=96, frames=26, seed=7)
     frames = list(render_sequence(cfg))
     k = torch.eye(4)[None]
     k[0, :3, :3] = torch.from_numpy(cfg.intrinsics.matrix()).float()
-    errors = []
+    errors, saturated = [], []
     for centre in (5, 10, 15, 20):
         target, neighbours = frames[centre], (centre - 2, centre + 2)
         true_t = [np.linalg.inv(frames[i].world_T_cam) @ target.world_T_cam for i in neighbours]
@@ -125,8 +120,26 @@ def test_demo_mono_refinement_reaches_the_true_translation_of_two_frame_pairs():
             rotation_only.append(torch.from_numpy(start)[None].float())
         depth = torch.from_numpy(np.clip(target.depth, 0.1, 80.0))[None, None].float()
         refined = refine_transforms(depth, tensor_image(target.rgb), [tensor_image(frames[i].rgb) for i in neighbours],
-                                    rotation_only, k, torch.linalg.inv(k), pose_cfg.refine_steps,
-                                    pose_cfg.refine_lr_translation, pose_cfg.refine_lr_rotation)
+                                    rotation_only, k, torch.linalg.inv(k), steps, lr_translation, lr_rotation)
         errors += [np.linalg.norm(got[0, :3, 3].numpy() - want[:3, 3]) / np.linalg.norm(want[:3, 3])
-                   for got, want in zip(refined, true_t)]
-    assert np.median(errors) < 0.25, errors
+                   for got, want in zip(refined.transforms, true_t)]
+        saturated += refined.saturated.tolist()
+    return errors, float(np.mean(saturated))
+
+
+def test_demo_mono_refinement_reaches_the_true_translation_of_two_frame_pairs():
+    """config/demo_mono.yaml starts each pair from the measured rotation and no translation (pose.init:
+    image_rotation), so its refinement must reach the whole translation: 0.8 m at offset 2 (the recipe's parallax
+    target picks offsets of ~2), ~7 % of the median depth. Fed the true depth and the true rotation, its step size and
+    count recover it within 25 % (median over pairs) and rarely hit their step limit. 20 steps of 0.002, the
+    hand-held recipe's, reach at most 4 %: they miss by 35-50 % and most of them saturate, which is what the
+    trainer's warning looks for (docs/real_data.md)."""
+    from spidepth_ros.training.config import load_config
+    from spidepth_ros.training.diagnostics import SATURATION_LIMIT
+
+    pose_cfg = load_config("config/demo_mono.yaml").pose
+    errors, saturated = _refine_two_frame_pairs(pose_cfg.refine_lr_translation, pose_cfg.refine_steps,
+                                                pose_cfg.refine_lr_rotation)
+    assert np.median(errors) < 0.25 and saturated < SATURATION_LIMIT, (errors, saturated)
+    short_errors, short_saturated = _refine_two_frame_pairs(0.002, pose_cfg.refine_steps, pose_cfg.refine_lr_rotation)
+    assert np.median(short_errors) > 0.3 and short_saturated > SATURATION_LIMIT, (short_errors, short_saturated)

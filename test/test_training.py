@@ -439,4 +439,8 @@ def test_pose_refinement_step_trains_depth_on_refined_poses_and_distils_posenet(
     assert float(out["pose_distill"]) > 0 and torch.isfinite(out["loss"])
     # the refined translation is what the warp used: larger than the untrained PoseNet's 0.01-scaled output
     assert float(out["translation_norm"]) > 0.01
+    # the share of the 2 x 4 pairs whose correction hit its step limit, which the per-epoch warning reads
+    # (its numbers against the truth: test_loss_oracle.py)
+    saturated = float(out["refine_saturated_fraction"]) * 8
+    assert 0 <= saturated <= 8 and saturated == pytest.approx(round(saturated))
     assert any(not torch.equal(v, trainer.pose_net.state_dict()[k]) for k, v in pose0.items())

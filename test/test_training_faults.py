@@ -105,6 +105,11 @@ def test_collapse_and_regression_warnings_name_the_problem():
     flat = collapse_warnings({"train_depth_median": 10.0, "train_depth_spread_p95_p5": 1.2,
                               "train_automask_fraction": 0.6}, first_median=10.0)
     assert len(flat) == 2 and "flattening" in flat[0] and "60% of pixels are automasked" in flat[1]
+    short = collapse_warnings({"train_depth_median": 10.0, "train_depth_spread_p95_p5": 3.0,
+                               "train_refine_saturated_fraction": 0.8}, first_median=10.0)
+    assert len(short) == 1 and "80% of pose refinements ran out of reach" in short[0] and \
+        "pose.refine_lr_translation" in short[0]
+    assert collapse_warnings({"train_refine_saturated_fraction": 0.1}) == []
 
 
 def test_threads_zero_takes_this_process_share_of_the_cpus():

@@ -19,6 +19,8 @@ FLAT_SPREAD = 1.5
 AUTOMASK_LIMIT = 0.5
 #: validation AbsRel this much above the initial model's is a regression worth saying so
 REGRESSION_FACTOR = 1.05
+#: share of pose refinements at their step limit above which the translation the depth learns from is too short
+SATURATION_LIMIT = 0.25
 #: the median depth moving this many times away from the first epoch's is a drift, not learning
 DRIFT_FACTOR = 4.0
 
@@ -40,6 +42,7 @@ class EpochDiagnostics:
                   "translation_norm": float(out.get("translation_norm", float("nan"))),
                   "rotation_deg": float(out.get("rotation_deg", float("nan")))}
         for key in ("frame_offset", "parallax_px",          # chosen offsets and their measured parallax
+                    "refine_saturated_fraction",            # pose refinements that ran out of reach
                     "posenet_rotation_error_deg", "posenet_direction_error_deg"):   # against data.pose_topic
             if key in out and torch.isfinite(torch.as_tensor(out[key])):
                 values[key] = float(out[key])
@@ -84,6 +87,13 @@ def collapse_warnings(summary: dict, first_median: Optional[float] = None) -> li
         warnings.append(f"{automask:.0%} of pixels are automasked (identity beats reprojection): the camera "
                         "moves too little between the frames used. Raise data.frame_offset or data.min_motion; "
                         "a static or only rotating camera teaches no depth")
+    saturated = summary.get("train_refine_saturated_fraction")
+    if saturated is not None and saturated > SATURATION_LIMIT:
+        warnings.append(f"{saturated:.0%} of pose refinements ran out of reach (their translation moved the most "
+                        "pose.refine_steps x pose.refine_lr_translation of the median depth allows): the camera "
+                        "moves further per chosen pair than the refinement can follow, and the depth learns from "
+                        "too short translations. Raise pose.refine_lr_translation (0.005 for a driving camera, "
+                        "config/demo_mono.yaml) or lower data.target_parallax_px")
     median = summary.get("train_depth_median")
     if median is not None and first_median:
         ratio = median / first_median

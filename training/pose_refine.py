@@ -9,6 +9,8 @@ a better starting point batch after batch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .losses import photometric_error
@@ -34,21 +36,37 @@ def compose_correction(delta_rotation: torch.Tensor, delta_translation: torch.Te
     return correction @ transform
 
 
+#: a translation correction that moved this share of the most its steps can move (steps x lr on one axis: Adam's
+#: step never exceeds its learning rate) ran out of steps: the true translation probably lies further out
+SATURATION_SHARE = 0.9
+
+
+@dataclass
+class RefinedPoses:
+    """What :func:`refine_transforms` found."""
+
+    transforms: list[torch.Tensor]     # per source: refined, detached target-to-source transforms [B, 4, 4]
+    saturated: torch.Tensor            # [num_sources * B] bool: the translation correction hit its step limit
+
+
 def refine_transforms(depth: torch.Tensor, target: torch.Tensor, sources: list[torch.Tensor],
                       transforms: list[torch.Tensor], k: torch.Tensor, inv_k: torch.Tensor, steps: int,
                       lr_translation: float, lr_rotation: float, ssim_alpha: float = 0.85,
-                      ssim_window: int = 7) -> list[torch.Tensor]:
-    """Refined (detached) target-to-source transforms, one per source.
+                      ssim_window: int = 7) -> RefinedPoses:
+    """Refined (detached) target-to-source transforms, one per source, and which pairs ran out of reach.
 
     The objective per pair is the mean over pixels of ``min(reprojection, identity)`` error (identity: the source
     unwarped), so static or textureless pixels do not pull the pose. ``depth`` ``[B, 1, H, W]`` is not changed.
     ``lr_translation`` is a fraction of each target's median depth per step: the depth's scale is arbitrary in
     monocular training, and a step in model units would be too small for one scale and too large for another
-    (the median, not the mean: a few far pixels would inflate the step).
+    (the median, not the mean: a few far pixels would inflate the step). So the translation correction can move at
+    most ``steps * lr_translation`` of the median depth per axis; a pair that gets within ``SATURATION_SHARE`` of
+    that is reported as saturated (the trainer warns when many are: docs/real_data.md, monocular synthetic).
     """
     depth = depth.detach()
     depth_scale = depth.flatten(1).median(1).values[:, None]      # [B, 1]: the translation's natural unit
-    refined = []
+    refined, saturated = [], []
+    reach = steps * lr_translation
     with torch.enable_grad():
         for source, transform in zip(sources, transforms):
             transform = transform.detach()
@@ -65,4 +83,5 @@ def refine_transforms(depth: torch.Tensor, target: torch.Tensor, sources: list[t
                 error.mean(dim=(1, 2, 3)).sum().backward()
                 opt.step()
             refined.append(compose_correction(da.detach(), dt.detach() * depth_scale, transform))
-    return refined
+            saturated.append(dt.detach().abs().amax(dim=1) >= SATURATION_SHARE * reach)
+    return RefinedPoses(refined, torch.cat(saturated) if saturated else torch.zeros(0, dtype=torch.bool))

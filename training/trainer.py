@@ -171,9 +171,11 @@ class Trainer:
         distill = None
         pc = self.cfg.pose
         if pc.refine_steps > 0:
-            refined = refine_transforms(depth.float(), b["target"], sources, transforms, b["K"], b["inv_K"],
-                                        pc.refine_steps, pc.refine_lr_translation, pc.refine_lr_rotation,
-                                        self.cfg.loss.ssim_alpha, self.cfg.loss.ssim_window)
+            refinement = refine_transforms(depth.float(), b["target"], sources, transforms, b["K"], b["inv_K"],
+                                           pc.refine_steps, pc.refine_lr_translation, pc.refine_lr_rotation,
+                                           self.cfg.loss.ssim_alpha, self.cfg.loss.ssim_window)
+            refined = refinement.transforms
+            refine_saturated = refinement.saturated.float().mean()
             distill = sum((t[:, :3, :] - r[:, :3, :]).abs().mean() for t, r in zip(transforms, refined))
             transforms = refined
             t_p, t_n = refined[0][:, :3, 3], refined[1][:, :3, 3]      # what the warp uses, for the diagnostics
@@ -184,6 +186,7 @@ class Trainer:
         if distill is not None:
             out["loss"] = out["loss"] + pc.distill_weight * distill
             out["pose_distill"] = distill.detach()
+            out["refine_saturated_fraction"] = refine_saturated
         out["depth"] = depth.detach()
         if "recorded_transform" in b and bool(b["has_recorded"].any()):
             # how far PoseNet is from the recorded motion, whatever the warp used
