@@ -1,6 +1,7 @@
-"""Training steps per second on this machine for the small and the ResNet-50 presets (synthetic batch).
+"""Training steps per second on this machine for the small and the ResNet-50 presets (synthetic batch), and what
+the direct pose refinement (``pose.refine_steps``, docs/real_data.md) costs against no refinement, side by side.
 
-    python bench/train.py [--batch 4] [--steps 5]
+    python bench/train.py [--batch 4] [--steps 5] [--refine-steps 0 5 20]
 """
 from __future__ import annotations
 
@@ -34,19 +35,27 @@ def main() -> None:
     ap.add_argument("--presets", nargs="*", default=["small_r18_96x320", "resnet50_192x640"])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--refine-steps", type=int, nargs="*", default=[0],
+                    help="pose.refine_steps values to time per preset; the first is the reference of the ratio")
     args = ap.parse_args()
     print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     for name in args.presets:
-        cfg = config_from_dict({"model": {"preset": name}, "optim": {"batch_size": args.batch}})
-        trainer = Trainer(cfg, torch.device("cpu"))
         b = batch(get_preset(name), args.batch)
-        trainer.train_step(b)                                   # warm-up
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            trainer.train_step(b)
-        dt = (time.perf_counter() - t) / args.steps
-        print(f"  {name:20s} {1 / dt:6.3f} steps/s ({dt:6.2f} s/step, {args.batch / dt:6.2f} images/s)")
-
+        reference = None
+        for refine in args.refine_steps:
+            cfg = config_from_dict({"model": {"preset": name}, "optim": {"batch_size": args.batch},
+                                    "pose": {"refine_steps": refine}})
+            torch.manual_seed(0)
+            trainer = Trainer(cfg, torch.device("cpu"))
+            trainer.train_step(b)                                   # warm-up
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                trainer.train_step(b)
+            dt = (time.perf_counter() - t) / args.steps
+            reference = reference or dt
+            print(f"  {name:20s} refine_steps {refine:3d}: {1 / dt:6.3f} steps/s ({dt:6.2f} s/step, "
+                  f"{args.batch / dt:6.2f} images/s, {dt / reference:5.2f}x the time of refine_steps "
+                  f"{args.refine_steps[0]})")
 
 if __name__ == "__main__":
     main()
