@@ -252,7 +252,7 @@ def test_resume_continues_with_the_same_next_step_loss(bags, tmp_path):
     losses_full: list[float] = []
     cfg = make_cfg(bags, tmp_path / "full", max_steps=5)
     trainer, data = _trainer_and_data(cfg, tmp_path / "cache")
-    trainer.fit(data.train, tmp_path / "full", on_log=lambda s, o: losses_full.append(float(o["loss"])),
+    trainer.fit(data.train, tmp_path / "full", on_log=lambda s, o: losses_full.append(float(o["loss"].detach())),
                 progress=False)
     assert len(losses_full) == 5
 
@@ -267,7 +267,7 @@ def test_resume_continues_with_the_same_next_step_loss(bags, tmp_path):
     t2.load(tmp_path / "part" / "last.pt")
     assert (t2.global_step, t2.step_in_epoch) == (3, 3)
     resumed: list[float] = []
-    t2.fit(d1.train, tmp_path / "part", on_log=lambda s, o: resumed.append(float(o["loss"])), progress=False)
+    t2.fit(d1.train, tmp_path / "part", on_log=lambda s, o: resumed.append(float(o["loss"].detach())), progress=False)
     # equal up to CPU float reduction order (~1e-6); a different batch or RNG state moves it by >1e-3
     assert resumed == pytest.approx(losses_full[3:], rel=5e-5)
 
