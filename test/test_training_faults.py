@@ -112,6 +112,25 @@ def test_collapse_and_regression_warnings_name_the_problem():
     assert collapse_warnings({"train_refine_saturated_fraction": 0.1}) == []
 
 
+def test_drift_is_measured_from_the_first_epoch_of_a_fine_tune_and_between_epochs_from_scratch():
+    """A fine-tune keeps its starting model's scale; a scratch run settles its own (25 -> 4-7 units on the real
+    recording, where the first-epoch rule warned on a healthy run), so only a jump between epochs is a drift."""
+    from spidepth_ros.training.diagnostics import DRIFT_FACTOR, collapse_warnings, drift_reference
+
+    def warnings(medians, from_scratch):
+        return collapse_warnings({"train_depth_median": medians[-1]}, *drift_reference(medians, from_scratch))
+
+    settling = [25.0, 18.0, 11.0, 7.0, 4.5, 5.2]          # 25 / 4.5 > DRIFT_FACTOR overall, < 2x per epoch
+    assert settling[0] / min(settling) > DRIFT_FACTOR
+    assert all(warnings(settling[:n], from_scratch=True) == [] for n in range(1, len(settling) + 1))
+    fine_tune = [14.13, 9.0, 2.44]
+    assert len(warnings(fine_tune, from_scratch=False)) == 1
+    assert "drifted 0.2x from the first epoch's (14.13 -> 2.44)" in warnings(fine_tune, from_scratch=False)[0]
+    jump = [6.0, 5.5, 30.0]
+    assert "drifted 5.5x from the previous epoch's (5.50 -> 30.00)" in warnings(jump, from_scratch=True)[0]
+    assert drift_reference([], from_scratch=False) == (None, "") and drift_reference([3.0], True) == (None, "")
+
+
 def test_threads_zero_takes_this_process_share_of_the_cpus():
     """threads: 0 must not give every torchrun process and every DataLoader worker all cores."""
     from spidepth_ros.training.cli import auto_threads

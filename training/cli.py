@@ -25,7 +25,7 @@ from spidepth_ros.metrics import EvalSettings, summarize
 
 from .config import TrainConfig, config_from_dict, load_config, save_config
 from .data import build_datasets
-from .diagnostics import EpochDiagnostics, collapse_warnings, validation_warnings
+from .diagnostics import EpochDiagnostics, collapse_warnings, drift_reference, validation_warnings
 from .trainer import Trainer, init_distributed, resolve_device
 
 
@@ -134,12 +134,16 @@ class BestTracker:
     @classmethod
     def from_history(cls, metrics_file: Path) -> "BestTracker":
         tracker = cls()
-        if metrics_file.exists():
-            for line in metrics_file.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    tracker.update(int(row.get("epoch", -1)), row)
+        for row in read_history(metrics_file):
+            tracker.update(int(row.get("epoch", -1)), row)
         return tracker
+
+
+def read_history(metrics_file: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` (one per epoch, oldest first); none when it does not exist."""
+    if not metrics_file.exists():
+        return []
+    return [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
 
 
 def remove_stale_partial_saves(out_dir: Path) -> list[Path]:
@@ -221,7 +225,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if dist_probe.is_main and not args.resume:
         metrics_file.unlink(missing_ok=True)                # a new run does not inherit another run's history
     best = BestTracker.from_history(metrics_file)          # resuming keeps the best of the epochs already run
-    first_median: list = []                                # the first epoch's median depth (drift warnings)
+    # every epoch's training median depth, a resumed run's earlier epochs included (drift warnings)
+    medians = [row["train_depth_median"] for row in read_history(metrics_file) if "train_depth_median" in row]
 
     def on_log(step: int, out: dict) -> None:
         if writer is None:
@@ -254,8 +259,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         trainer.epoch_diagnostics = EpochDiagnostics()
         if not dist_probe.is_main:
             return
-        if diagnostics and not first_median:
-            first_median.append(diagnostics["train_depth_median"])
+        if "train_depth_median" in diagnostics:
+            medians.append(diagnostics["train_depth_median"])
         result = {**diagnostics, **(validate(trainer, data.val, cfg) if len(data.val) else {})}
         if len(data.val):
             batch = next(iter(torch.utils.data.DataLoader(data.val, batch_size=4)))
@@ -265,7 +270,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 trainer.depth_net.train()
             writer.add_image("val/input_depth", image_panel(batch, depth), trainer.global_step)
         record(epoch, result)
-        for warning in collapse_warnings(diagnostics, first_median[0] if first_median else None):
+        for warning in collapse_warnings(diagnostics, *drift_reference(medians, cfg.model.init == "scratch")):
             print(f"  WARNING: {warning}")
         for warning in validation_warnings(result, best.initial_abs_rel):
             print(f"  WARNING: {warning}")

@@ -74,8 +74,14 @@ def pose_errors(estimated: torch.Tensor, recorded: torch.Tensor) -> tuple[torch.
     return rotation, direction
 
 
-def collapse_warnings(summary: dict, first_median: Optional[float] = None) -> list[str]:
-    """Plain-language warnings for one epoch's :meth:`EpochDiagnostics.summary` (empty when all is well)."""
+def collapse_warnings(summary: dict, first_median: Optional[float] = None,
+                      reference: str = "the first epoch's") -> list[str]:
+    """Plain-language warnings for one epoch's :meth:`EpochDiagnostics.summary` (empty when all is well).
+
+    ``first_median`` is the median depth the drift check compares with, ``reference`` names it in the warning: a
+    fine-tune's first epoch (its scale is the starting model's), or a scratch run's previous epoch (an early
+    scratch network has no scale worth keeping, so only a jump between epochs is a drift); see
+    :func:`drift_reference`."""
     warnings = []
     spread = summary.get("train_depth_spread_p95_p5")
     if spread is not None and spread < FLAT_SPREAD:
@@ -98,7 +104,7 @@ def collapse_warnings(summary: dict, first_median: Optional[float] = None) -> li
     if median is not None and first_median:
         ratio = median / first_median
         if ratio > DRIFT_FACTOR or ratio < 1 / DRIFT_FACTOR:
-            warnings.append(f"the median predicted depth drifted {ratio:.1f}x from the first epoch's "
+            warnings.append(f"the median predicted depth drifted {ratio:.1f}x from {reference} "
                             f"({first_median:.2f} -> {median:.2f}): the scale is running away. Lower optim.lr")
     return warnings
 
@@ -116,3 +122,13 @@ def validation_warnings(result: dict, initial_abs_rel: Optional[float]) -> list[
                         "training is making this model worse (best.pt keeps the better epoch). Lower optim.lr, "
                         "warm PoseNet up first (optim.pose_warmup_steps) or refine poses (pose.refine_steps)")
     return warnings
+
+
+def drift_reference(medians: list[float], from_scratch: bool) -> tuple[Optional[float], str]:
+    """The median depth to compare the newest epoch with, and its name, from every epoch's training median depth
+    so far (``medians``, oldest first, the newest last; a resumed run's history included): the first epoch's for a
+    fine-tune, the previous epoch's for a run from scratch (whose first epochs settle a scale of their own: the real
+    scratch run of docs/real_data.md went from 25 to 4-7 units and the first-epoch rule warned on it)."""
+    if from_scratch:
+        return (medians[-2], "the previous epoch's") if len(medians) >= 2 else (None, "")
+    return (medians[0], "the first epoch's") if medians else (None, "")
