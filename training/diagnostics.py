@@ -21,7 +21,7 @@ AUTOMASK_LIMIT = 0.5
 REGRESSION_FACTOR = 1.05
 #: share of pose refinements at their step limit above which the translation the depth learns from is too short
 SATURATION_LIMIT = 0.25
-#: the median depth moving this many times away from the first epoch's is a drift, not learning
+#: the median depth moving this many times away from its reference (drift_reference) is a drift, not learning
 DRIFT_FACTOR = 4.0
 
 
