@@ -57,5 +57,6 @@ def main() -> None:
                   f"{args.batch / dt:6.2f} images/s, {dt / reference:5.2f}x the time of refine_steps "
                   f"{args.refine_steps[0]})")
 
+
 if __name__ == "__main__":
     main()
