@@ -25,9 +25,15 @@ def tensor_image(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
 
 
-def photometric(cfg, frames, depth: np.ndarray, transforms) -> float:
+def intrinsics_4x4(cfg: SynthConfig) -> torch.Tensor:
+    """``[1, 4, 4]`` K of the rendered camera, as the loss and the refinement take it."""
     k = torch.eye(4)[None]
     k[0, :3, :3] = torch.from_numpy(cfg.intrinsics.matrix()).float()
+    return k
+
+
+def photometric(cfg, frames, depth: np.ndarray, transforms) -> float:
+    k = intrinsics_4x4(cfg)
     target = frames[OFFSET]
     sources = [tensor_image(frames[0].rgb), tensor_image(frames[2 * OFFSET].rgb)]
     loss = SelfSupervisedLoss(LossConfig(automask=False, smoothness=0.0))
@@ -80,8 +86,7 @@ def test_direct_refinement_recovers_the_true_pose_from_identity(sequence):
     neighbours = (OFFSET - 1, OFFSET + 1)
     true_t = [np.linalg.inv(frames[i].world_T_cam) @ target.world_T_cam for i in neighbours]
     depth = torch.from_numpy(np.clip(target.depth, 0.1, 80.0))[None, None].float()
-    k = torch.eye(4)[None]
-    k[0, :3, :3] = torch.from_numpy(cfg.intrinsics.matrix()).float()
+    k = intrinsics_4x4(cfg)
     sources = [tensor_image(frames[i].rgb) for i in neighbours]
     refined = refine_transforms(depth, tensor_image(target.rgb), sources, [torch.eye(4)[None]] * 2, k,
                                 torch.linalg.inv(k), steps=40, lr_translation=0.003, lr_rotation=0.005).transforms
@@ -107,8 +112,7 @@ def _refine_two_frame_pairs(lr_translation: float, steps: int, lr_rotation: floa
 
     cfg = SynthConfig(width=320, height=96, frames=26, seed=7)
     frames = list(render_sequence(cfg))
-    k = torch.eye(4)[None]
-    k[0, :3, :3] = torch.from_numpy(cfg.intrinsics.matrix()).float()
+    k = intrinsics_4x4(cfg)
     errors, saturated = [], []
     for centre in (5, 10, 15, 20):
         target, neighbours = frames[centre], (centre - 2, centre + 2)

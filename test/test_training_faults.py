@@ -100,13 +100,13 @@ def test_collapse_and_regression_warnings_name_the_problem():
     assert validation_warnings({"val_abs_rel": 0.1111, "val_const_abs_rel": 0.5515}, 0.1125) == []
     assert validation_warnings({"val_photometric": 0.05}, 0.1125) == []
     drift = collapse_warnings({"train_depth_median": 2.44, "train_depth_spread_p95_p5": 86.0,
-                               "train_automask_fraction": 0.42}, first_median=14.13)
+                               "train_automask_fraction": 0.42}, reference_median=14.13)
     assert len(drift) == 1 and "drifted 0.2x" in drift[0]
     flat = collapse_warnings({"train_depth_median": 10.0, "train_depth_spread_p95_p5": 1.2,
-                              "train_automask_fraction": 0.6}, first_median=10.0)
+                              "train_automask_fraction": 0.6}, reference_median=10.0)
     assert len(flat) == 2 and "flattening" in flat[0] and "60% of pixels are automasked" in flat[1]
     short = collapse_warnings({"train_depth_median": 10.0, "train_depth_spread_p95_p5": 3.0,
-                               "train_refine_saturated_fraction": 0.8}, first_median=10.0)
+                               "train_refine_saturated_fraction": 0.8}, reference_median=10.0)
     assert len(short) == 1 and "80% of pose refinements ran out of reach" in short[0] and \
         "pose.refine_lr_translation" in short[0]
     assert collapse_warnings({"train_refine_saturated_fraction": 0.1}) == []

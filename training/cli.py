@@ -132,9 +132,10 @@ class BestTracker:
         return False
 
     @classmethod
-    def from_history(cls, metrics_file: Path) -> "BestTracker":
+    def from_history(cls, history: list[dict]) -> "BestTracker":
+        """The best so far of a run's earlier epochs (:func:`read_history` rows)."""
         tracker = cls()
-        for row in read_history(metrics_file):
+        for row in history:
             tracker.update(int(row.get("epoch", -1)), row)
         return tracker
 
@@ -224,9 +225,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     metrics_file = out_dir / "metrics.jsonl"
     if dist_probe.is_main and not args.resume:
         metrics_file.unlink(missing_ok=True)                # a new run does not inherit another run's history
-    best = BestTracker.from_history(metrics_file)          # resuming keeps the best of the epochs already run
-    # every epoch's training median depth, a resumed run's earlier epochs included (drift warnings)
-    medians = [row["train_depth_median"] for row in read_history(metrics_file) if "train_depth_median" in row]
+    history = read_history(metrics_file)                   # a resumed run's earlier epochs
+    best = BestTracker.from_history(history)               # resuming keeps the best of the epochs already run
+    # every epoch's training median depth, the earlier epochs included (drift warnings)
+    medians = [row["train_depth_median"] for row in history if "train_depth_median" in row]
 
     def on_log(step: int, out: dict) -> None:
         if writer is None:

@@ -74,11 +74,11 @@ def pose_errors(estimated: torch.Tensor, recorded: torch.Tensor) -> tuple[torch.
     return rotation, direction
 
 
-def collapse_warnings(summary: dict, first_median: Optional[float] = None,
+def collapse_warnings(summary: dict, reference_median: Optional[float] = None,
                       reference: str = "the first epoch's") -> list[str]:
     """Plain-language warnings for one epoch's :meth:`EpochDiagnostics.summary` (empty when all is well).
 
-    ``first_median`` is the median depth the drift check compares with, ``reference`` names it in the warning: a
+    ``reference_median`` is the median depth the drift check compares with, ``reference`` names it in the warning: a
     fine-tune's first epoch (its scale is the starting model's), or a scratch run's previous epoch (an early
     scratch network has no scale worth keeping, so only a jump between epochs is a drift); see
     :func:`drift_reference`."""
@@ -101,11 +101,11 @@ def collapse_warnings(summary: dict, first_median: Optional[float] = None,
                         "too short translations. Raise pose.refine_lr_translation (0.005 for a driving camera, "
                         "config/demo_mono.yaml) or lower data.target_parallax_px")
     median = summary.get("train_depth_median")
-    if median is not None and first_median:
-        ratio = median / first_median
+    if median is not None and reference_median:
+        ratio = median / reference_median
         if ratio > DRIFT_FACTOR or ratio < 1 / DRIFT_FACTOR:
             warnings.append(f"the median predicted depth drifted {ratio:.1f}x from {reference} "
-                            f"({first_median:.2f} -> {median:.2f}): the scale is running away. Lower optim.lr")
+                            f"({reference_median:.2f} -> {median:.2f}): the scale is running away. Lower optim.lr")
     return warnings
 
 
