@@ -45,7 +45,7 @@ setup(
     license="MIT",
     entry_points={
         "console_scripts": [
-            "depth_node = spidepth_ros.ros.depth_node:main",
+            "depth_node = spidepth_ros.ros.entry:depth_node_main",
             "spidepth-infer = spidepth_ros.infer_cli:main",
             "spidepth-export = spidepth_ros.export:main",
             "spidepth-train = spidepth_ros.training.cli:main",

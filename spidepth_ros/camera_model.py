@@ -46,7 +46,9 @@ class CameraCalibration:
         p = np.asarray(msg.p, dtype=np.float64).ravel()
         r = np.asarray(msg.r, dtype=np.float64).ravel()
         r = r.reshape(3, 3) if r.size == 9 and np.any(r != 0) else np.eye(3)
-        if p.size == 12 and p[0] > 0:
+        # image_geometry's rule: P when set, else K. A P with a NaN or inf is "set" (kept, so problem() refuses
+        # it) rather than silently replaced by K: NaN > 0 is False.
+        if p.size == 12 and (p[0] > 0 or not np.all(np.isfinite(p))):
             p = p.reshape(3, 4)
         else:
             p = np.hstack([k, np.zeros((3, 1))])
@@ -68,6 +70,9 @@ class CameraCalibration:
         w, h = self.intrinsics.width, self.intrinsics.height
         if w <= 0 or h <= 0:
             return f"camera_info has size {w}x{h}; a calibrated camera_info carries the image size"
+        if not np.all(np.isfinite(self.p)):
+            return (f"camera_info P {self.p.ravel().tolist()} has non-finite values: fix the camera driver's "
+                    "calibration (camera_info_url)")
         if not self.intrinsics.is_valid():
             i = self.intrinsics
             return (f"camera_info has invalid intrinsics (fx={i.fx}, fy={i.fy}, cx={i.cx}, cy={i.cy}): "

@@ -41,6 +41,9 @@ COLOR_ENCODINGS = tuple(k for k, v in ENCODINGS.items() if v.order != "depth")
 DEPTH_ENCODINGS = ("32FC1", "16UC1", "mono16")
 #: Refuse images above this many pixels before allocating (a 16k x 16k frame).
 MAX_IMAGE_PIXELS = 16384 * 16384
+#: Default bound on the bytes one decoded colour image may take (the node's ``max_image_bytes``): an 8192 x 8192
+#: RGB image, above every real camera (a 12 MP sensor is 36 MB).
+DEFAULT_MAX_IMAGE_BYTES = 8192 * 8192 * 3
 MILLIMETRES_PER_METRE = 1000.0
 
 
@@ -102,26 +105,63 @@ def to_rgb8(arr: np.ndarray, encoding: str) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def decode_color_image(height: int, width: int, encoding: str, is_bigendian, step: int, data) -> np.ndarray:
-    """Image fields -> ``[H, W, 3]`` uint8 RGB."""
+def describe_bytes(n: int) -> str:
+    """``201326592`` -> ``"201 MB (8192x8192 RGB)"``: a byte limit in words a user can compare with a camera."""
+    side = int(round((n / 3) ** 0.5))
+    return f"{n / 1e6:.0f} MB ({side}x{side} RGB)"
+
+
+def decode_color_image(height: int, width: int, encoding: str, is_bigendian, step: int, data,
+                       max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray:
+    """Image fields -> ``[H, W, 3]`` uint8 RGB; refused before converting when that RGB image would pass
+    ``max_bytes``."""
+    if height > 0 and width > 0 and height * width * 3 > max_bytes:
+        raise ImageDecodeError(f"image is {width}x{height}: as RGB it takes {height * width * 3 / 1e6:.0f} MB, "
+                               f"over max_image_bytes {describe_bytes(max_bytes)}; publish a smaller image "
+                               "(image_proc resize) or raise max_image_bytes")
     return to_rgb8(image_to_array(height, width, encoding, is_bigendian, step, data), encoding)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (baseline, progressive, lossless, ...; not DHT 0xC4, JPG 0xC8, DAC 0xCC)
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: PNG colour type -> channels OpenCV decodes it to with IMREAD_UNCHANGED (a palette becomes BGR).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 
 
-def compressed_image_size(buf: bytes | np.ndarray) -> tuple[int, int]:
-    """``(width, height)`` of a PNG or JPEG from its header alone, without decoding any pixel.
+@dataclass(frozen=True)
+class CompressedHeader:
+    """What a PNG or JPEG header says about the image it decodes to."""
+
+    format: str                 # "png" or "jpeg"
+    width: int
+    height: int
+    channels: int               # as OpenCV decodes it unchanged
+    bytes_per_sample: int       # 1, or 2 for 16-bit PNGs
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the largest array decoding makes: the decoded image, or the [H, W, 3] uint8 RGB made from it."""
+        return self.width * self.height * max(self.channels * self.bytes_per_sample, 3)
+
+    def describe(self) -> str:
+        return (f"{self.width}x{self.height} {self.format} ({self.channels} channel"
+                f"{'s' if self.channels > 1 else ''}, {8 * self.bytes_per_sample} bit)")
+
+
+def compressed_image_header(buf: bytes | np.ndarray) -> CompressedHeader:
+    """Size, channels and sample size of a PNG or JPEG from its header alone, without decoding any pixel.
 
     Raises :class:`ImageDecodeError` for other formats or a header too short to read.
     """
     head = bytes(buf[:8])
     if head == PNG_SIGNATURE:
-        if len(buf) < 24 or bytes(buf[12:16]) != b"IHDR":
+        if len(buf) < 26 or bytes(buf[12:16]) != b"IHDR":
             raise ImageDecodeError("truncated PNG: no IHDR chunk")
-        return int.from_bytes(bytes(buf[16:20]), "big"), int.from_bytes(bytes(buf[20:24]), "big")
+        bit_depth, colour_type = int(buf[24]), int(buf[25])
+        return CompressedHeader("png", int.from_bytes(bytes(buf[16:20]), "big"),
+                                int.from_bytes(bytes(buf[20:24]), "big"), _PNG_CHANNELS.get(colour_type, 4),
+                                2 if bit_depth == 16 else 1)
     if head[:2] == b"\xff\xd8":
         i, n = 2, len(buf)
         while i + 4 <= n:
@@ -136,19 +176,40 @@ def compressed_image_size(buf: bytes | np.ndarray) -> tuple[int, int]:
                 continue
             length = int(buf[i + 2]) << 8 | int(buf[i + 3])
             if marker in _JPEG_SOF:
-                if i + 9 > n:
+                if i + 10 > n:
                     break
-                return int(buf[i + 7]) << 8 | int(buf[i + 8]), int(buf[i + 5]) << 8 | int(buf[i + 6])
+                return CompressedHeader("jpeg", int(buf[i + 7]) << 8 | int(buf[i + 8]),
+                                        int(buf[i + 5]) << 8 | int(buf[i + 6]), int(buf[i + 9]), 1)
             i += 2 + length
         raise ImageDecodeError("corrupt JPEG: no start-of-frame header")
     raise ImageDecodeError("compressed image is neither PNG nor JPEG (only jpeg and png are supported)")
 
 
-def decode_compressed(fmt: str, data, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def compressed_image_size(buf: bytes | np.ndarray) -> tuple[int, int]:
+    """``(width, height)`` of a PNG or JPEG from its header alone (see :func:`compressed_image_header`)."""
+    header = compressed_image_header(buf)
+    return header.width, header.height
+
+
+def _why_undecodable(header: CompressedHeader, buf: np.ndarray) -> str:
+    """Why OpenCV could not decode data whose header was fine: a cut-off message, or corrupt data."""
+    tail = bytes(buf[-64:]).rstrip(b"\0")           # some drivers pad JPEGs with zero bytes
+    if header.format == "jpeg" and not tail.endswith(b"\xff\xd9"):
+        return (f"truncated JPEG: {buf.size} bytes end without the end-of-image marker (the message was cut "
+                "short: check the camera driver or the recording)")
+    if header.format == "png" and b"IEND" not in tail:
+        return (f"truncated PNG: {buf.size} bytes end without the IEND chunk (the message was cut short: check "
+                "the camera driver or the recording)")
+    return f"the {header.format} data is corrupt"
+
+
+def decode_compressed(fmt: str, data, max_pixels: int = MAX_IMAGE_PIXELS,
+                      max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray:
     """``sensor_msgs/CompressedImage`` (jpeg/png) -> ``[H, W, 3]`` uint8 RGB.
 
-    The size is read from the header first: an image over ``max_pixels`` is refused before any allocation (a
-    425 KB PNG can decode to 20000x20000, 1.2 GB).
+    The header is read first: an image over ``max_pixels``, or one whose decoding would allocate more than
+    ``max_bytes`` (:attr:`CompressedHeader.decoded_bytes`), is refused before any allocation (a 249 KB PNG can
+    decode to 16000x16000, 768 MB as RGB).
     """
     import cv2
 
@@ -157,16 +218,21 @@ def decode_compressed(fmt: str, data, max_pixels: int = MAX_IMAGE_PIXELS) -> np.
         raise ImageDecodeError("compressed image has no data")
     if "compressedDepth" in fmt:
         raise ImageDecodeError("compressedDepth images are depth, not colour; subscribe to the colour topic")
-    width, height = compressed_image_size(buf)
+    header = compressed_image_header(buf)
+    width, height = header.width, header.height
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"compressed image header says {width}x{height}")
     if width * height > max_pixels:
         raise ImageDecodeError(f"compressed image is {width}x{height}, over the {max_pixels}-pixel limit; "
                                "publish a smaller image (image_proc resize) or check the camera driver")
+    if header.decoded_bytes > max_bytes:
+        raise ImageDecodeError(f"compressed image is {header.describe()}: decoding needs "
+                               f"{header.decoded_bytes / 1e6:.0f} MB, over max_image_bytes {describe_bytes(max_bytes)}; "
+                               "publish a smaller image (image_proc resize) or raise max_image_bytes")
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ImageDecodeError(f"could not decode compressed image (format {fmt!r}); only jpeg and png are "
-                               "supported")
+        raise ImageDecodeError(f"could not decode the compressed image ({header.describe()} by its header, "
+                               f"format field {fmt!r}): {_why_undecodable(header, buf)}")
     if img.ndim == 2:
         return np.repeat(img[..., None], 3, axis=2) if img.dtype == np.uint8 else \
             np.repeat((img // 257).astype(np.uint8)[..., None], 3, axis=2)

@@ -84,6 +84,10 @@ def test_distortion_only_matters_when_rectifying():
 @pytest.mark.parametrize("msg,needle", [
     (info([0.0] * 5, k=[0.0] * 9, p=[0.0] * 12), "invalid intrinsics"),
     (info([0.0] * 5, width=0, height=0), "size 0x0"),
+    # a NaN in P beside a valid K: P is what the node publishes and projects with, so it is refused, not
+    # silently replaced by K (NaN > 0 is False)
+    (info([0.0] * 5, p=[float("nan"), 0, 79.5, 0, 0, 95.0, 59.5, 0, 0, 0, 1, 0]), "P ["),
+    (info([0.0] * 5, p=[90.0, 0, 79.5, float("nan"), 0, 95.0, 59.5, 0, 0, 0, 1, 0]), "non-finite"),
 ])
 def test_unusable_pinhole_models_are_named_even_without_rectification(msg, needle):
     assert needle in CameraCalibration.from_msg(msg).problem(rectify=False)

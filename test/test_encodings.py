@@ -150,3 +150,41 @@ def test_compressed_over_the_pixel_limit_is_refused_before_decoding():
         enc.decode_compressed("bmp", cv2.imencode(".bmp", np.zeros((4, 4), np.uint8))[1].tobytes())
     with pytest.raises(enc.ImageDecodeError, match="no IHDR"):
         enc.decode_compressed("png", png.tobytes()[:14])
+
+
+@pytest.mark.parametrize("fmt,shape,dtype,channels,bps", [
+    (".png", (30, 40), np.uint8, 1, 1), (".png", (30, 40, 3), np.uint8, 3, 1), (".png", (30, 40, 4), np.uint16, 4, 2),
+    (".jpg", (30, 40), np.uint8, 1, 1), (".jpg", (30, 40, 3), np.uint8, 3, 1)])
+def test_compressed_header_gives_what_opencv_decodes(fmt, shape, dtype, channels, bps, rng):
+    """The header's channels and sample size are what cv2.imdecode (unchanged) then allocates."""
+    img = (rng.random(shape) * np.iinfo(dtype).max).astype(dtype)
+    buf = cv2.imencode(fmt, img)[1].ravel()
+    header = enc.compressed_image_header(buf)
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    assert (header.width, header.height, header.channels, header.bytes_per_sample) == (40, 30, channels, bps)
+    assert header.width * header.height * header.channels * header.bytes_per_sample == decoded.nbytes
+    assert header.decoded_bytes == max(decoded.nbytes, 30 * 40 * 3)
+
+
+def test_decoded_bytes_are_bounded_before_decoding():
+    """A grey 2000x1000 PNG (a few KB) decodes to 6 MB of RGB: refused under a 5 MB limit, naming the limit."""
+    png = cv2.imencode(".png", np.zeros((1000, 2000), np.uint8))[1].tobytes()
+    assert len(png) < 20_000
+    with pytest.raises(enc.ImageDecodeError, match=r"2000x1000 png \(1 channel, 8 bit\): decoding needs 6 MB, "
+                                                   r"over max_image_bytes 5 MB"):
+        enc.decode_compressed("png", png, max_bytes=5_000_000)
+    assert enc.decode_compressed("png", png, max_bytes=6_000_000).shape == (1000, 2000, 3)
+    raw = np.zeros((1000, 2000, 3), np.uint8)
+    with pytest.raises(enc.ImageDecodeError, match="2000x1000: as RGB it takes 6 MB, over max_image_bytes"):
+        enc.decode_color_image(1000, 2000, "rgb8", 0, 6000, raw.tobytes(), max_bytes=5_000_000)
+
+
+def test_truncated_compressed_images_say_so(rgb):
+    """A cut-off message is not an unsupported format: the error says the data is truncated."""
+    jpg = cv2.imencode(".jpg", cv2.resize(rgb, (90, 70)))[1].tobytes()
+    png = cv2.imencode(".png", rgb)[1].tobytes()
+    for fmt, data, word in (("jpeg", jpg[: len(jpg) // 2], "truncated JPEG"), ("png", png[: len(png) - 20],
+                                                                                   "truncated PNG")):
+        with pytest.raises(enc.ImageDecodeError, match=word) as info:
+            enc.decode_compressed(fmt, data)
+        assert "only jpeg and png" not in str(info.value)

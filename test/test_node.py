@@ -68,11 +68,11 @@ class Harness:
                       frame_id=frame_id)
 
     def camera_info(self, stamp_ns: int, fx=FX, fy=FY, cx=CX, cy=CY, d=None, width=W, height=H, tx=0.0,
-                    model="plumb_bob", k=None):
+                    model="plumb_bob", k=None, p=None):
         from sensor_msgs.msg import CameraInfo
 
         k = k if k is not None else [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
-        p = [fx, 0.0, cx, tx, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+        p = p if p is not None else [fx, 0.0, cx, tx, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
         return CameraInfo(header=self.header(stamp_ns), width=width, height=height, distortion_model=model,
                           d=d if d is not None else [0.0] * 5, k=k, r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], p=p)
 
@@ -337,7 +337,10 @@ def test_rectification_off_by_default_and_on_when_asked(node_setup, oracle):
         node.set_parameters([Parameter("rectify", value=False)])
 
 
-@pytest.mark.parametrize("case", ["three_coefficients", "zero_k", "huge_d", "nan_fx"])
+BAD_INFOS = ["three_coefficients", "zero_k", "huge_d", "nan_fx", "nan_p"]
+
+
+@pytest.mark.parametrize("case", BAD_INFOS)
 def test_bad_camera_info_is_refused_and_depth_continues(node_setup, oracle, case):
     from rclpy.parameter import Parameter
 
@@ -345,11 +348,14 @@ def test_bad_camera_info_is_refused_and_depth_continues(node_setup, oracle, case
     assert node.set_parameters([Parameter("rectify", value=True)])[0].successful
     try:
         refused0 = node.stats.camera_info_refused
-        stamp = 15_000_000_000 + ["three_coefficients", "zero_k", "huge_d", "nan_fx"].index(case)
+        stamp = 15_000_000_000 + BAD_INFOS.index(case)
         info = {"three_coefficients": lambda: distorted_info(harness, stamp, [-0.2, 0.05, 0.01]),
                 "zero_k": lambda: harness.camera_info(stamp, d=[-0.2, 0.05, 0, 0, 0], k=[0.0] * 9),
                 "huge_d": lambda: distorted_info(harness, stamp, [1e30, 0, 0, 0, 0]),
-                "nan_fx": lambda: harness.camera_info(stamp, fx=float("nan"))}[case]()
+                "nan_fx": lambda: harness.camera_info(stamp, fx=float("nan")),
+                # a valid K beside a NaN in P: P is what depth/camera_info and the cloud would use
+                "nan_p": lambda: harness.camera_info(stamp, p=[FX, 0.0, CX, float("nan"), 0.0, FY, CY, 0.0, 0.0,
+                                                               0.0, 1.0, 0.0])}[case]()
         rgb = make_rgb(51)
         harness.send(stamp, harness.rgb_image(stamp, rgb), info=info)
         assert wait_for(lambda: stamp in harness.depth)
@@ -370,11 +376,11 @@ def test_bad_camera_info_is_refused_and_depth_continues(node_setup, oracle, case
     assert wait_for(lambda: stamp in harness.points)
 
 
-def test_compressed_input_and_its_pixel_limit(ros_context, small_onnx, oracle):
+def test_compressed_input_and_its_pixel_limit(ros_context, small_onnx, oracle, capfd):
     from sensor_msgs.msg import CompressedImage
 
     node = start_node(ros_context, small_onnx, "depth_node_compressed", namespace="compressed",
-                      input_transport="compressed", min_range=0.0, max_range=1000.0)
+                      input_transport="compressed", min_range=0.0, max_range=1000.0, warn_throttle=0.0)
     harness = Harness(ros_context, namespace="compressed")
     spinner = Spinner(ros_context, node, harness.node)
     try:
@@ -402,6 +408,25 @@ def test_compressed_input_and_its_pixel_limit(ros_context, small_onnx, oracle):
                      compressed=True)
         assert wait_for(lambda: stamp in harness.depth)
         assert wait_for(lambda: node.stats.processed == 2) and time.monotonic() - t0 < 60   # counted after publish
+
+        # under the pixel limit but 768 MB as RGB (16000x16000, a few hundred KB as PNG): refused by the default
+        # max_image_bytes (8192x8192 RGB) from the header, the log naming the limit; a truncated JPEG is said to
+        # be truncated, not of an unsupported format
+        ok, wide = cv2.imencode(".png", np.zeros((16000, 16000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        assert len(wide) < 1_000_000
+        ok, jpg = cv2.imencode(".jpg", rgb[..., ::-1])
+        capfd.readouterr()
+        for i, (fmt, data) in enumerate((("png", wide.tobytes()), ("jpeg", jpg.tobytes()[: len(jpg) // 2]))):
+            bad0 = node.stats.bad
+            stamp = 20_000_000_010 + i
+            harness.send(stamp, CompressedImage(header=harness.header(stamp), format=fmt, data=data),
+                         compressed=True)
+            assert wait_for(lambda: node.stats.bad > bad0)
+            time.sleep(0.3)
+            assert stamp not in harness.depth
+        err = capfd.readouterr().err
+        assert "16000x16000 png (1 channel, 8 bit): decoding needs 768 MB, over max_image_bytes 201 MB" in err, err
+        assert "truncated JPEG" in err and "only jpeg and png" not in err, err
     finally:
         spinner.stop()
         node.destroy_node()
@@ -511,8 +536,7 @@ def test_missing_camera_info_publishes_depth_only(ros_context, small_onnx):
             time.sleep(0.3)
         assert wait_for(lambda: len(got_depth) == 3)
         time.sleep(0.3)
-        assert got_points == []
-        assert "no_info" in node._warned_once
+        assert got_points == []          # (the warning that says why: test_no_camera_info_warning_...)
     finally:
         spinner.stop()
         node.destroy_node()
@@ -559,6 +583,7 @@ def test_diagnostics_report_counts_and_go_stale(node_setup):
         stamps = [60_000_000_000 + i * 200_000_000 for i in range(4)]       # 5 Hz for 0.6 s
         for stamp in stamps:
             harness.send(stamp, harness.rgb_image(stamp, make_rgb(2)))
+            last_sent = time.monotonic()           # the node receives each image after this
             time.sleep(0.15)
         assert wait_for(lambda: all(s in harness.depth for s in stamps))
         assert wait_for(lambda: any(s.name.startswith("/depth_node") for m in got for s in m.status), 10)
@@ -574,7 +599,19 @@ def test_diagnostics_report_counts_and_go_stale(node_setup):
         values = {kv.key: kv.value for kv in status.values}
         assert status.level == DiagnosticStatus.WARN and status.message.startswith("no images for")
         assert float(values["seconds_since_last_image"]) >= 2.4
-        assert float(values["input_rate_hz"]) < 1.0
+        assert float(values["input_rate_hz"]) < 2.0        # decaying (frames of earlier tests may still count)
+        # past the rate window (which forgets old images) it still counts from the last image, not from the
+        # node's activation (at least the 0.8 s of frames above earlier)
+        from spidepth_ros.ros.depth_node import RATE_WINDOW_S
+
+        time.sleep(RATE_WINDOW_S + 0.5 - 2.5)
+        status = node.diagnostic_status()
+        values = {kv.key: kv.value for kv in status.values}
+        since = float(values["seconds_since_last_image"])
+        assert RATE_WINDOW_S < since <= time.monotonic() - last_sent + 0.05, since      # printed to 0.1 s
+        assert since < time.monotonic() - node._activated_at - 0.5
+        assert float(values["input_rate_hz"]) == 0.0        # every image has left the window
+        assert status.message == f"no images for {since:.0f} s"
     finally:
         harness.node.destroy_subscription(sub)
 
@@ -655,13 +692,128 @@ def test_model_hot_swap_loses_no_frame_and_a_bad_model_keeps_the_old(ros_context
 
         assert node.set_parameters([Parameter("model_path", value=str(wrong_shape_onnx))])[0].successful
         assert wait_for(lambda: node.get_parameter("model_path").value == str(second_onnx), 20)
-        assert "refused" in node.model_status and "promises" in node.model_status
+        assert node.models_refused == 1 and "promises" in node.last_model_refusal
         stamp = 81_000_000_000
         harness.send(stamp, harness.rgb_image(stamp, rgb))
         assert wait_for(lambda: stamp in harness.depth)
         np.testing.assert_allclose(depth_of(harness.depth[stamp]), new, rtol=1e-5)
         missing = node.set_parameters([Parameter("model_path", value="/no/such/model.onnx")])[0]
         assert not missing.successful and "does not exist" in missing.reason
+    finally:
+        spinner.stop()
+        node.destroy_node()
+        harness.node.destroy_node()
+
+
+def test_hot_swap_races_leave_model_path_naming_the_running_model(ros_context, small_onnx, second_onnx,
+                                                                   small_checkpoint, tmp_path):
+    """model_path always ends up naming the model that runs: a second change while one loads is refused with the
+    reason, a load that fails at once puts the old path back (5 of 5 times), a file that cannot be a model is
+    refused before the set returns, and /diagnostics keeps only the last refusal with a count."""
+    import shutil
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from rclpy.parameter import Parameter
+
+    node = start_node(ros_context, small_onnx, "depth_node_race", namespace="race", min_range=0.0, max_range=1e4)
+    harness = Harness(ros_context, namespace="race")
+    spinner = Spinner(ros_context, node, harness.node)
+    first, second = str(small_onnx), str(second_onnx)
+
+    def set_model(path):
+        return node.set_parameters([Parameter("model_path", value=str(path))])[0]
+
+    def settled():
+        return wait_for(lambda: not node._loading_path and node.get_parameter("model_path").value ==
+                        node.active_model_path, 20)
+
+    try:
+        assert wait_for(lambda: node.input_subscribed and harness.pub_image.get_subscription_count() > 0)
+        # m2, then at once back to m1: the second change is refused while m2 loads
+        assert set_model(second).successful
+        back = set_model(first)
+        assert not back.successful and "still loading" in back.reason and second in back.reason
+        assert settled() and node.active_model_path == second == node.get_parameter("model_path").value
+        rgb = make_rgb(91)
+        stamp = 90_000_000_000
+        harness.send(stamp, harness.rgb_image(stamp, rgb))
+        assert wait_for(lambda: stamp in harness.depth)
+        np.testing.assert_allclose(depth_of(harness.depth[stamp]), HandOracle(second_onnx).depth(rgb, 3.0), rtol=1e-5)
+
+        # a checkpoint under backend onnxruntime passes the file checks and fails the instant the loader starts
+        messages = []
+        for attempt in range(5):
+            assert set_model(small_checkpoint).successful
+            assert settled(), f"attempt {attempt}: model_path {node.get_parameter('model_path').value}"
+            assert node.get_parameter("model_path").value == second == node.active_model_path
+            messages.append(node.diagnostic_status().message)
+        status = node.diagnostic_status()
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.WARN and values["models_refused"] == "5"
+        assert "needs an .onnx file" in values["last_model_refusal"] and "refused" not in values["model"]
+        assert len(messages[-1]) == len(messages[0]) and messages[-1].count("needs an .onnx") == 1    # bounded
+
+        # refused before the answer, with the reason; nothing is loaded and the parameter keeps its value
+        (tmp_path / "garbage.onnx").write_bytes(b"this is not a protobuf" * 100)
+        (tmp_path / "empty.onnx").write_bytes(b"")
+        (tmp_path / "notes.txt").write_text("hello")
+        (tmp_path / "garbage.pt").write_bytes(b"not a zip" * 50)
+        shutil.copy(f"{second}.json", tmp_path / "copied.onnx.json")
+        shutil.copy(tmp_path / "garbage.onnx", tmp_path / "copied.onnx")
+        for path, reason in ((tmp_path / "garbage.onnx", "has no sidecar"), (tmp_path / "empty.onnx", "empty"),
+                             (tmp_path / "copied.onnx", "does not match its sidecar"),
+                             (tmp_path / "notes.txt", "not a model"), (tmp_path / "garbage.pt", "not a PyTorch"),
+                             (tmp_path / "missing.onnx", "does not exist")):
+            result = set_model(path)
+            assert not result.successful and reason in result.reason and str(path) in result.reason, result.reason
+            assert node.get_parameter("model_path").value == second and not node._loading_path
+        assert node.models_refused == 5
+    finally:
+        spinner.stop()
+        node.destroy_node()
+        harness.node.destroy_node()
+
+
+def test_no_camera_info_warning_while_camera_info_follows_each_image(ros_context, small_onnx, capfd):
+    """A camera whose camera_info lands just after its image (the first image often arrives first) gets no
+    'no camera_info' warning; without any camera_info the warning comes once the grace period has passed."""
+    from spidepth_ros.ros.depth_node import CAMERA_INFO_GRACE_S
+
+    node = start_node(ros_context, small_onnx, "depth_node_late_info", namespace="late_info")
+    harness = Harness(ros_context, namespace="late_info")
+    spinner = Spinner(ros_context, node, harness.node)
+    try:
+        assert wait_for(lambda: node.input_subscribed and harness.pub_image.get_subscription_count() > 0
+                        and harness.pub_info.get_subscription_count() > 0)
+        stamps = [100_000_000_000 + i * 100_000_000 for i in range(3)]
+        for stamp in stamps:
+            harness.pub_image.publish(harness.rgb_image(stamp, make_rgb(5)))
+            time.sleep(0.1)
+            harness.pub_info.publish(harness.camera_info(stamp))
+        assert wait_for(lambda: all(s in harness.depth for s in stamps))
+        assert wait_for(lambda: stamps[-1] in harness.points or stamps[-2] in harness.points)   # info arrived
+        assert stamps[0] not in harness.points      # the first image really came before any camera_info
+        time.sleep(0.2)
+        assert "no_info" not in node._warned_once
+        assert "no camera_info" not in capfd.readouterr().err
+    finally:
+        spinner.stop()
+        node.destroy_node()
+        harness.node.destroy_node()
+    node = start_node(ros_context, small_onnx, "depth_node_no_info", namespace="no_info")
+    harness = Harness(ros_context, namespace="no_info")
+    spinner = Spinner(ros_context, node, harness.node)
+    try:
+        assert wait_for(lambda: node.input_subscribed and harness.pub_image.get_subscription_count() > 0)
+        t0 = time.monotonic()
+        i = 0
+        while "no_info" not in node._warned_once and time.monotonic() - t0 < CAMERA_INFO_GRACE_S + 10:
+            harness.pub_image.publish(harness.rgb_image(101_000_000_000 + i, make_rgb(6)))
+            i += 1
+            time.sleep(0.2)
+        assert "no_info" in node._warned_once and time.monotonic() - t0 >= CAMERA_INFO_GRACE_S
+        assert "no camera_info received in" in capfd.readouterr().err
+        assert "no camera_info" in node.diagnostic_status().message
     finally:
         spinner.stop()
         node.destroy_node()

@@ -101,27 +101,72 @@ def node_process_and_camera(context, namespace: str, *ros_args: str):
         cam.node.destroy_node()
 
 
+#: Lifecycle transition label -> the state it ends in.
+TRANSITION_GOALS = {"configure": "inactive", "activate": "active", "deactivate": "inactive",
+                    "cleanup": "unconfigured", "shutdown": "finalized"}
+#: A service answer not back within this is re-asked: DDS can lose the first response when wait_for_service
+#: returns before the server has matched the client's response reader (nav2's lifecycle clients re-send too).
+SERVICE_RETRY_S = 5.0
+SERVICE_ATTEMPTS = 8
+
+
+def call_service(client, request):
+    """The response to ``request``, re-sent every SERVICE_RETRY_S s until one arrives (None after all tries)."""
+    assert client.wait_for_service(timeout_sec=30.0)
+    for _ in range(SERVICE_ATTEMPTS):
+        future = client.call_async(request)
+        if wait_for(future.done, SERVICE_RETRY_S):
+            return future.result()
+        client.remove_pending_request(future)
+        note_lost_answer(f"{client.srv_name}: no answer in {SERVICE_RETRY_S:g} s, asking again")
+    return None
+
+
+def note_lost_answer(text: str) -> None:
+    """Record a lost service answer where bench/soak_node_process.py reads them (SPIDEPTH_LOST_ANSWERS_LOG)."""
+    path = os.environ.get("SPIDEPTH_LOST_ANSWERS_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(text + "\n")
+
+
 def lifecycle_call(node, namespace: str, transition: str | None):
-    """ChangeState (by label) or GetState through the node's standard lifecycle services."""
-    import rclpy
+    """ChangeState (by label) or GetState through the node's standard lifecycle services, robust to a lost answer.
+
+    GetState is simply asked again. A ChangeState whose answer was lost may still have happened, and sending it
+    again would then be refused as an invalid transition: ask the state first and take the goal state as done.
+    """
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
 
     if transition is None:
         client = node.create_client(GetState, f"/{namespace}/depth_node/get_state")
-        request = GetState.Request()
-    else:
-        client = node.create_client(ChangeState, f"/{namespace}/depth_node/change_state")
-        ids = {"configure": Transition.TRANSITION_CONFIGURE, "activate": Transition.TRANSITION_ACTIVATE,
-               "deactivate": Transition.TRANSITION_DEACTIVATE, "cleanup": Transition.TRANSITION_CLEANUP,
-               "shutdown": Transition.TRANSITION_INACTIVE_SHUTDOWN}
-        request = ChangeState.Request(transition=Transition(id=ids[transition]))
-    assert client.wait_for_service(timeout_sec=30.0)
-    future = client.call_async(request)
-    assert wait_for(future.done, 60)
-    node.destroy_client(client)
-    result = future.result()
-    return result.current_state.label if transition is None else result.success
+        try:
+            result = call_service(client, GetState.Request())
+        finally:
+            node.destroy_client(client)
+        assert result is not None, f"no answer from /{namespace}/depth_node/get_state"
+        return result.current_state.label
+    ids = {"configure": Transition.TRANSITION_CONFIGURE, "activate": Transition.TRANSITION_ACTIVATE,
+           "deactivate": Transition.TRANSITION_DEACTIVATE, "cleanup": Transition.TRANSITION_CLEANUP,
+           "shutdown": Transition.TRANSITION_INACTIVE_SHUTDOWN}
+    client = node.create_client(ChangeState, f"/{namespace}/depth_node/change_state")
+    try:
+        assert client.wait_for_service(timeout_sec=30.0)
+        for _ in range(SERVICE_ATTEMPTS):
+            future = client.call_async(ChangeState.Request(transition=Transition(id=ids[transition])))
+            if wait_for(future.done, SERVICE_RETRY_S):
+                return future.result().success
+            client.remove_pending_request(future)
+            happened = lifecycle_call(node, namespace, None) == TRANSITION_GOALS[transition]
+            note_lost_answer(f"change_state {transition} under /{namespace}: no answer in {SERVICE_RETRY_S:g} s; "
+                             f"the node {'had made' if happened else 'had not made'} the transition")
+            if happened:
+                return True                       # the node did it; only its answer was lost
+    finally:
+        node.destroy_client(client)
+    raise AssertionError(f"no answer from /{namespace}/depth_node/change_state ({transition})")
+
 
 
 def test_lifecycle_driven_from_another_process(ros_context, small_onnx):
@@ -194,7 +239,7 @@ def test_signal_during_model_load_exits_zero_quickly(small_checkpoint, sig):
 
 @pytest.mark.parametrize("arg,names", [
     ("model_path:=''", ("model_path", "empty")), ("backend:=banana", ("backend", "onnxruntime")),
-    ("depth_scale:=-1.0", ("depth_scale", "[0.0,")), ("max_range:=80", ("max_range", "double")),
+    ("depth_scale:=-1.0", ("depth_scale=-1.0", "[0.0,")), ("max_range:=80", ("max_range", "double")),
     ("cloud_stride:=0", ("cloud_stride", "[1, 64]")), ("device:=banana", ("device", "cuda:N")),
     ("model_path:=/no/such.onnx", ("/no/such.onnx", "does not exist"))])
 def test_bad_parameters_give_one_fatal_line_and_exit_1(small_onnx, arg, names):
@@ -244,3 +289,36 @@ def test_shipped_yaml_applies_under_a_namespace(tmp_path, small_onnx):
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+SIGNAL_DURING_IMPORT = """
+import importlib.abc, os, runpy, signal, sys
+
+class SignalOnImport(importlib.abc.MetaPathFinder):
+    # sends the signal to this process when rclpy is first imported: in the middle of the node's heavy imports
+    def find_spec(self, name, path, target=None):
+        if name == "rclpy":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.{sig})
+        return None
+
+sys.meta_path.insert(0, SignalOnImport())
+sys.argv = ["depth_node", "--ros-args", "-r", "__ns:=/early", "-p", "model_path:={model}"]
+{run}
+"""
+
+
+@pytest.mark.parametrize("entry", ["python -m", "console script"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_the_imports_exits_zero_quietly(small_onnx, sig, entry):
+    """A signal before the node has imported rclpy (the first quarter second) ends the process with exit 0 and no
+    traceback, through `python -m` and through the console script the launch file runs."""
+    run = ("runpy.run_module('spidepth_ros.ros.depth_node', run_name='__main__', alter_sys=True)"
+           if entry == "python -m" else
+           "from spidepth_ros.ros.entry import depth_node_main\nsys.exit(depth_node_main())")
+    code = SIGNAL_DURING_IMPORT.format(sig=sig.name, model=small_onnx, run=run)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert_quiet_exit(proc.returncode, out)
+    assert f"{sig.name} during start-up: exiting" in out, out
+    assert "loading model" not in out, out

@@ -97,7 +97,7 @@ def test_launch_file_is_consistent_with_the_node():
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     assert {"depth_node", "spidepth_ros", "depth.yaml", "spidepth.rviz", "camera_info", "image"} <= strings
     setup = (REPO / "setup.py").read_text()
-    assert "depth_node = spidepth_ros.ros.depth_node:main" in setup
+    assert "depth_node = spidepth_ros.ros.entry:depth_node_main" in setup
 
 
 def test_launch_file_runs_where_launch_is_installed():

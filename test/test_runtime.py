@@ -179,8 +179,13 @@ def test_tensorrt_missing_is_a_clear_error(small_onnx):
     from spidepth_ros.runtime import BackendUnavailable
     from spidepth_ros.runtime.tensorrt_backend import TensorRTDepthEstimator
 
-    with pytest.raises(BackendUnavailable, match="use backend onnxruntime|needs one"):
+    with pytest.raises(BackendUnavailable, match="not installed|needs one"):
         TensorRTDepthEstimator(small_onnx)
+    # asked for by name, the error says how to run without it
+    from spidepth_ros.runtime import create_estimator
+
+    with pytest.raises(BackendUnavailable, match="set backend to auto .* or onnxruntime"):
+        create_estimator(small_onnx, "tensorrt", "cuda")
 
 
 def test_external_data_export_is_one_data_file_and_hashed(small_checkpoint, small_onnx, tmp_path, rng):
@@ -259,8 +264,15 @@ def test_auto_falls_back_to_onnxruntime_with_the_reason(monkeypatch, small_onnx)
     monkeypatch.setattr(tb, "import_tensorrt", broken)
     logged = []
     assert choose_backend(small_onnx, "auto", "auto", logged.append) == "onnxruntime"
-    assert "libnvinfer.so.10" in logged[0] and "falling back to ONNX Runtime" in logged[0]
+    assert "libnvinfer.so.10" in logged[0] and "running on ONNX Runtime instead" in logged[0]
+    # the fallback line states what happens; it gives no advice to do what it is already doing
+    assert "use backend" not in logged[0] and "instead)" not in logged[0]
     assert choose_backend(small_onnx, "auto", "cpu", logged.append) == "onnxruntime"
+    if not _have_tensorrt():                 # the real reason here: TensorRT is not installed
+        monkeypatch.undo()
+        logged.clear()
+        assert choose_backend(small_onnx, "auto", "auto", logged.append) == "onnxruntime"
+        assert "not installed" in logged[0] and "use backend" not in logged[0], logged[0]
 
 
 def test_device_index_parsing():

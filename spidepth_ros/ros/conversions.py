@@ -11,17 +11,19 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 
 from ..cloud import CloudBuffer
-from ..encodings import decode_color_image, decode_compressed, encode_image
+from ..encodings import DEFAULT_MAX_IMAGE_BYTES, decode_color_image, decode_compressed, encode_image
 from ..geometry import PinholeIntrinsics
 
 
-def rgb_from_image_msg(msg: Image) -> np.ndarray:
+def rgb_from_image_msg(msg: Image, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray:
     """sensor_msgs/Image (any supported colour encoding, padded rows, either endianness) -> RGB uint8."""
-    return decode_color_image(msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step, msg.data)
+    return decode_color_image(msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step, msg.data,
+                              max_bytes=max_bytes)
 
 
-def rgb_from_compressed_msg(msg: CompressedImage) -> np.ndarray:
-    return decode_compressed(msg.format, msg.data)
+def rgb_from_compressed_msg(msg: CompressedImage, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg/png) -> RGB uint8; over ``max_bytes`` decoded it is refused unread."""
+    return decode_compressed(msg.format, msg.data, max_bytes=max_bytes)
 
 
 def _bytes_field(data: bytes) -> array.array:

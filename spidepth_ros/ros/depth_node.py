@@ -18,6 +18,11 @@ with the reason and the old one keeps running.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":     # `python -m spidepth_ros.ros.depth_node`: catch signals before the imports
+    from spidepth_ros.ros.entry import exit_quietly_on_signals
+
+    exit_quietly_on_signals()
+
 import dataclasses
 import signal
 import sys
@@ -46,7 +51,7 @@ from ..camera_model import CameraCalibration, Rectifier
 from ..encodings import ImageDecodeError
 from ..geometry import PinholeIntrinsics
 from ..pipeline import DepthPipeline
-from ..runtime import create_estimator
+from ..runtime import check_model_file, create_estimator
 from ..stream_stats import RateWindow, StampGapCounter
 from .conversions import camera_info_msg, cloud_msg, image_msg, rgb_from_compressed_msg, rgb_from_image_msg
 from .params import NodeParams, ParameterError, declare_parameters
@@ -59,6 +64,11 @@ LAZY_POLL_PERIOD_S = 0.5
 RATE_WINDOW_S = 5.0
 #: Seconds a worker gets to finish its frame when the node stops.
 WORKER_JOIN_TIMEOUT_S = 10.0
+#: How long a refused hot swap waits for rclpy to store the refused model_path before putting the old one back.
+PARAMETER_STORE_TIMEOUT_S = 5.0
+#: Seconds of frames without any camera_info before the node warns that it publishes depth only: the first
+#: image often arrives just before the first camera_info of a camera that sends both.
+CAMERA_INFO_GRACE_S = 2.0
 
 
 class StartupError(RuntimeError):
@@ -75,6 +85,8 @@ class FrameStats:
         self.input_rate = RateWindow(RATE_WINDOW_S)
         self.output_rate = RateWindow(RATE_WINDOW_S)
         self.gaps = StampGapCounter()
+        # monotonic time of the newest image; apart from the rate window, which forgets images older than it
+        self.last_image: Optional[float] = None
 
 
 class DepthNode(LifecycleNode):
@@ -83,7 +95,11 @@ class DepthNode(LifecycleNode):
         self.stats = FrameStats()
         self.pipeline: Optional[DepthPipeline] = None
         self.active_model_path = ""
-        self.model_status = "not loaded"     # what /diagnostics says about the model (load failures included)
+        self.model_status = "not loaded"     # what /diagnostics says about the running model
+        self.models_refused = 0              # model_path changes refused since start (hot swaps that failed)
+        self.last_model_refusal = ""         # the newest of them: path and reason
+        self._loading_path = ""              # the model a hot swap is loading ("" when none)
+        self._no_info_since: Optional[float] = None   # first frame processed without any camera_info
         self.last_error = ""                 # why the last transition failed
         self.state_label = "unconfigured"
         self._calib: Optional[CameraCalibration] = None
@@ -93,6 +109,7 @@ class DepthNode(LifecycleNode):
         self._mailbox = None
         self._cond = threading.Condition()
         self._pipeline_lock = threading.Lock()       # held while a frame is processed: a model swap waits for it
+        self._model_change_lock = threading.Lock()   # one parameter change at a time decides on a model load
         self._running = False
         self._worker: Optional[threading.Thread] = None
         self._loader: Optional[threading.Thread] = None
@@ -247,46 +264,75 @@ class DepthNode(LifecycleNode):
         return DepthPipeline(estimator, p.output_resolution)
 
     def _swap_model(self, model_path: str) -> None:
-        """Loader thread: load ``model_path`` and swap it in between frames, or keep the old one and say why."""
-        old_status = self.model_status
+        """Loader thread: load ``model_path`` and swap it in between frames, or keep the old one and say why.
+
+        While this runs every other ``model_path`` change is refused (see :meth:`_on_set_parameters`), so the
+        parameter ends up naming the model that runs: the new one, or the old one put back after a refusal.
+        """
         try:
-            pipeline = self._load_pipeline(model_path)
-        except Exception as exc:  # a bad model is refused, the running one stays
-            reason = f"{type(exc).__name__}: {exc}"
-            self.model_status = f"{old_status} (refused {model_path}: {reason})"
-            self.get_logger().error(f"model_path {model_path} refused, still running {self.active_model_path}: "
-                                    f"{reason}")
-            # put the parameter back, so `ros2 param get` tells the truth; the callback sees no change to load
-            self.set_parameters([Parameter("model_path", value=self.active_model_path)])
-            return
-        with self._pipeline_lock:
-            old, self.pipeline = self.pipeline, pipeline
-            if old is None:                      # cleaned up while loading: nothing to swap into
-                self.pipeline = None
-        if old is None:
-            pipeline.estimator.stop()
-            return
-        old.estimator.stop()
-        self.active_model_path = model_path
-        self.get_logger().info(f"swapped in {model_path}")
+            try:
+                pipeline = self._load_pipeline(model_path)
+            except Exception as exc:  # a bad model is refused, the running one stays
+                self._refuse_loaded_model(model_path, f"{type(exc).__name__}: {exc}")
+                return
+            with self._pipeline_lock:
+                old, self.pipeline = self.pipeline, pipeline
+                if old is None:                      # cleaned up while loading: nothing to swap into
+                    self.pipeline = None
+            if old is None:
+                pipeline.estimator.stop()
+                return
+            old.estimator.stop()
+            self.active_model_path = model_path
+            self.get_logger().info(f"swapped in {model_path}")
+        finally:
+            self._loading_path = ""
+
+    def _refuse_loaded_model(self, model_path: str, reason: str) -> None:
+        """Record a model that failed to load and put ``model_path`` back to the running model."""
+        self.models_refused += 1
+        self.last_model_refusal = f"{model_path}: {reason}"
+        self.get_logger().error(f"model_path {model_path} refused, still running {self.active_model_path}: "
+                                f"{reason}")
+        # rclpy stores a value only after the callback accepted it, so a load that fails within a millisecond
+        # could put the old value back before the new one lands, which would then overwrite it: wait for it
+        deadline = time.monotonic() + PARAMETER_STORE_TIMEOUT_S
+        while self.get_parameter("model_path").value != model_path and time.monotonic() < deadline:
+            time.sleep(0.005)
+        # `ros2 param get` must tell the truth; the callback accepts this one change from this thread
+        self.set_parameters([Parameter("model_path", value=self.active_model_path)])
 
     # parameters --------------------------------------------------------------------------------------------
     def _on_set_parameters(self, changes) -> SetParametersResult:
+        """Validate a parameter change before it is stored; a new ``model_path`` is checked (file, sidecar, hash)
+        here, synchronously, and loaded in the background when the node is configured."""
         values = {c.name: c.value for c in changes if hasattr(self.params, c.name)}
         try:
             new = dataclasses.replace(self.params, **values)
             new.validate(require_model=False)
         except (TypeError, ValueError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        swap = self.pipeline is not None and new.model_path != self.active_model_path
-        if swap:
-            if not new.model_path or not Path(new.model_path).exists():
-                return SetParametersResult(successful=False, reason=f"model_path {new.model_path!r} does not exist")
-            if self._loader is not None and self._loader.is_alive():
-                return SetParametersResult(successful=False, reason="a model is loading; set model_path again "
-                                                                    "when it has been swapped in")
+        with self._model_change_lock:        # two parameter services at once must not both start a load
+            return self._apply_parameters(new)
+
+    def _apply_parameters(self, new: NodeParams) -> SetParametersResult:
+        swap = False
+        if new.model_path != self.params.model_path and threading.current_thread() is not self._loader:
+            # (the loader itself only ever puts back the running model after a refusal: no checks, no load)
+            if self._loading_path:
+                return SetParametersResult(successful=False, reason=(
+                    f"model {self._loading_path} is still loading; set model_path again once it has been swapped "
+                    "in or refused (see /diagnostics)"))
+            if not new.model_path:
+                return SetParametersResult(successful=False, reason="model_path is empty")
+            try:
+                check_model_file(new.model_path)
+            except (OSError, ValueError) as exc:
+                return SetParametersResult(successful=False, reason=f"model_path {new.model_path} refused: {exc}")
+            swap = self.pipeline is not None and new.model_path != self.active_model_path
         self.params = new
         if swap:
+            self._loading_path = new.model_path
             self._loader = threading.Thread(target=self._swap_model, args=(new.model_path,), name="spidepth_loader",
                                             daemon=True)
             self._loader.start()
@@ -323,6 +369,7 @@ class DepthNode(LifecycleNode):
     # callbacks (executor thread: cheap, never raise) -------------------------------------------------------
     def _post(self, msg, kind: str) -> None:
         now = time.monotonic()
+        self.stats.last_image = now
         self.stats.input_rate.add(now)
         self.stats.gaps.add(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
         with self._cond:
@@ -387,8 +434,13 @@ class DepthNode(LifecycleNode):
         calib = self._calib
         if calib is None:
             if not self._calib_problem:
-                self._warn("no_info", "no camera_info received yet: publishing depth only (no depth/camera_info, "
-                           "no point cloud). Remap 'camera_info' to your camera's topic.", once=True)
+                now = time.monotonic()
+                if self._no_info_since is None:
+                    self._no_info_since = now
+                if now - self._no_info_since >= CAMERA_INFO_GRACE_S:
+                    self._warn("no_info", f"no camera_info received in {CAMERA_INFO_GRACE_S:g} s of images: "
+                               "publishing depth only (no depth/camera_info, no point cloud). Remap 'camera_info' "
+                               "to your camera's topic.", once=True)
             return None, None, rgb
         intr = calib.intrinsics
         h, w = rgb.shape[:2]
@@ -411,7 +463,8 @@ class DepthNode(LifecycleNode):
     def _process(self, pipeline: DepthPipeline, msg, kind: str, received: float) -> None:
         p = self.params
         try:
-            rgb = rgb_from_compressed_msg(msg) if kind == "compressed" else rgb_from_image_msg(msg)
+            rgb = rgb_from_compressed_msg(msg, p.max_image_bytes) if kind == "compressed" else \
+                rgb_from_image_msg(msg, p.max_image_bytes)
         except (ImageDecodeError, ValueError) as exc:
             self.stats.bad += 1
             self._warn("decode", f"dropping bad image: {exc}")
@@ -453,8 +506,7 @@ class DepthNode(LifecycleNode):
         s, p, now = self.stats, self.params, time.monotonic()
         pipeline = self.pipeline
         level, message = DiagnosticStatus.OK, self.state_label
-        last_input = s.input_rate.last
-        since_input = now - (last_input if last_input is not None else (self._activated_at or now))
+        since_input = now - (s.last_image if s.last_image is not None else (self._activated_at or now))
         if self.state_label != "active":
             if self.last_error:
                 level, message = DiagnosticStatus.ERROR, f"{self.state_label}: {self.last_error}"
@@ -462,16 +514,24 @@ class DepthNode(LifecycleNode):
             message = "idle: no subscribers, input unsubscribed (lazy)"
         elif since_input > p.input_timeout:
             level, message = DiagnosticStatus.WARN, f"no images for {since_input:.0f} s"
-        elif "refused" in self.model_status or self._calib_problem:
+        elif self._calib_problem:
+            level, message = DiagnosticStatus.WARN, f"running; {self._calib_problem}"
+        elif self.models_refused:
             level = DiagnosticStatus.WARN
-            message = f"running; {self._calib_problem or self.model_status}"
+            message = (f"running {Path(self.active_model_path).name}; {self.models_refused} model(s) refused, the "
+                       f"last {self.last_model_refusal}")
+        elif self._loading_path:
+            message = f"running; loading {self._loading_path}"
+        elif self._calib is None and "no_info" in self._warned_once:
+            message = "running; depth only: no camera_info received"
         else:
             message = "running"
         lat = np.percentile(list(s.latencies_ms), [50, 95]) if s.latencies_ms else [float("nan")] * 2
         inf_ms = float(np.mean(s.inference_ms)) if s.inference_ms else float("nan")
         scale = self._depth_scale(p, pipeline.estimator) if pipeline is not None else p.depth_scale
         values = (
-            ("state", self.state_label), ("model", self.model_status), ("depth_scale", f"{scale:g}"),
+            ("state", self.state_label), ("model", self.model_status), ("models_refused", self.models_refused),
+            ("last_model_refusal", self.last_model_refusal), ("depth_scale", f"{scale:g}"),
             ("rate_hz", f"{s.output_rate.rate(now):.2f}"), ("input_rate_hz", f"{s.input_rate.rate(now):.2f}"),
             ("seconds_since_last_image", f"{since_input:.1f}"),
             ("latency_p50_ms", f"{lat[0]:.1f}"), ("latency_p95_ms", f"{lat[1]:.1f}"),
@@ -499,12 +559,6 @@ def main(args: Optional[list[str]] = None) -> int:
     still be publishing ("publisher's context is invalid"). Here a signal stops the worker first, then the
     node, then the context.
     """
-    try:
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except RCLError as exc:          # malformed --ros-args (e.g. `-p model_path:=` with no value)
-        print(f"[FATAL] [depth_node]: cannot start: {exc} (an empty string parameter is written "
-              "name:=\"''\")", file=sys.stderr)
-        return 1
     stop = threading.Event()
     starting = [True]
 
@@ -513,7 +567,20 @@ def main(args: Optional[list[str]] = None) -> int:
         if starting[0]:
             raise _Interrupted(signal.Signals(signum).name)
 
+    # installed before anything is created, so a signal at any point of start-up ends in the except below
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except RCLError as exc:          # malformed --ros-args (e.g. `-p model_path:=` with no value)
+        print(f"[FATAL] [depth_node]: cannot start: {exc} (an empty string parameter is written "
+              "name:=\"''\")", file=sys.stderr)
+        _restore(previous)
+        return 1
+    except _Interrupted as exc:
+        rclpy.logging.get_logger("depth_node").info(f"{exc} during start-up: exiting")
+        rclpy.try_shutdown()
+        _restore(previous)
+        return 0
     node: Optional[DepthNode] = None
     code = 0
     try:
@@ -545,9 +612,13 @@ def main(args: Optional[list[str]] = None) -> int:
             except Exception:  # already torn down by a signal mid-start: nothing left to release
                 pass
         rclpy.try_shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
     return code
+
+
+def _restore(handlers: dict) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def _spin(executor, stop: threading.Event) -> None:

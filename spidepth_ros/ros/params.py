@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
+from ..encodings import DEFAULT_MAX_IMAGE_BYTES
 from ..runtime import BACKENDS
 from ..runtime.preprocess import CROP_MODES
 
@@ -55,6 +56,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("threads", 0, "CPU threads for ONNX Runtime (0 = its default).", min_value=0, max_value=256),
     ParamSpec("input_transport", "raw", "Subscribe to sensor_msgs/Image on 'image' (raw) or "
               "sensor_msgs/CompressedImage on 'image/compressed' (jpeg/png).", choices=INPUT_TRANSPORTS),
+    ParamSpec("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES, "Largest decoded colour image accepted, in bytes (at "
+              "least 3 per pixel: the RGB image the network takes; a 16-bit or alpha PNG counts its decoded size). "
+              "A larger image is dropped with a warning before anything is allocated: a 249 KB PNG can decode to "
+              "16000x16000. The default is 8192x8192 RGB, above every real camera.", min_value=1, max_value=1 << 40,
+              read_only=False),
     ParamSpec("rectify", False, "Undistort the input with camera_info (K, D, R, P; equidistant via cv2.fisheye) "
               "before inference. Off by default: image_rect + its camera_info is the convention, and undistorting "
               "a rectified image twice bends it. Turn on only for image_raw with a distorted camera_info.",
@@ -101,6 +107,7 @@ class NodeParams:
     engine_cache_dir: str
     threads: int
     input_transport: str
+    max_image_bytes: int
     rectify: bool
     crop: str
     output_resolution: str
@@ -170,13 +177,19 @@ def declare_parameters(node) -> NodeParams:
         try:
             values[spec.name] = node.declare_parameter(spec.name, spec.default, desc).value
         except InvalidParameterTypeException:
-            raise ParameterError(f"parameter {spec.name} must be {spec.type_name}") from None
+            raise ParameterError(f"parameter {_given(node, spec.name)} must be {spec.type_name}") from None
         except InvalidParameterValueException:
-            raise ParameterError(f"parameter {spec.name} must lie in [{spec.min_value}, {spec.max_value}]") \
-                from None
+            raise ParameterError(f"parameter {_given(node, spec.name)} must lie in [{spec.min_value}, "
+                                 f"{spec.max_value}]") from None
     params = NodeParams(**values)
     params.validate(require_model=False)
     return params
+
+
+def _given(node, name: str) -> str:
+    """``name=value`` as the user gave it (command line or YAML), for messages; ``name`` when unknown."""
+    override = getattr(node, "_parameter_overrides", {}).get(name)     # rclpy keeps the overrides it was given
+    return f"{name}={override.value!r}" if override is not None else name
 
 
 def params_from_dict(overrides: dict) -> NodeParams:

@@ -60,10 +60,50 @@ def choose_backend(model: str | Path, backend: str = "auto", device: str = "auto
             return "onnxruntime"
         reason = tensorrt_unusable_reason(device)
         if reason:
-            log(f"TensorRT not used ({reason}): falling back to ONNX Runtime")
+            log(f"TensorRT not used ({reason}): running on ONNX Runtime instead")
             return "onnxruntime"
         return "tensorrt"
     return "torch"
+
+
+#: File types a model may have (an official weights folder is a directory).
+MODEL_SUFFIXES = (".engine", ".onnx", ".pt", ".pth")
+
+
+def check_model_file(model: str | Path) -> None:
+    """Refuse a model that cannot load, with the checks that need no backend and read the file at most once:
+    it exists, is not empty, is of a known type; an ``.onnx``/``.engine`` has a readable sidecar, and an
+    ``.onnx`` matches the hash its sidecar records; a PyTorch file is a torch.save archive; a folder holds the
+    official ``encoder.pth`` and ``depth.pth``. Raises ``FileNotFoundError`` or ``ValueError`` (MetadataError)
+    naming the problem. The node runs this before it answers a ``model_path`` change."""
+    from .metadata import check_model_hash, model_sha256
+
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir():
+        missing = [name for name in ("encoder.pth", "depth.pth") if not (path / name).is_file()]
+        if missing:
+            raise MetadataError(f"{path} is a folder without {' and '.join(missing)}: an official SPIdepth weights "
+                                "folder holds encoder.pth and depth.pth")
+        return
+    if path.suffix not in MODEL_SUFFIXES:
+        raise MetadataError(f"{path} is not a model: use a .engine, .onnx (with its .onnx.json), .pt checkpoint "
+                            "or an official weights folder")
+    if path.stat().st_size == 0:
+        raise MetadataError(f"{path} is empty (0 bytes): re-export or copy it again")
+    if path.suffix in (".onnx", ".engine"):
+        meta = read_sidecar(path)
+        if path.suffix == ".onnx":
+            check_model_hash(meta, path, model_sha256(path))
+    else:
+        import zipfile
+
+        with open(path, "rb") as f:
+            legacy = f.read(1) == b"\x80"                 # torch.save before 1.6: a pickle stream
+        if not (legacy or zipfile.is_zipfile(path)):
+            raise MetadataError(f"{path} is not a PyTorch file (torch.save writes a zip archive); export or "
+                                "download it again")
 
 
 def create_estimator(model: str | Path, backend: str = "auto", device: str = "auto", precision: str = "fp16",
@@ -75,7 +115,11 @@ def create_estimator(model: str | Path, backend: str = "auto", device: str = "au
     if chosen == "tensorrt":
         from .tensorrt_backend import TensorRTDepthEstimator
 
-        est: DepthEstimator = TensorRTDepthEstimator(path, precision, crop, cache_dir, log=log, device=device)
+        try:
+            est: DepthEstimator = TensorRTDepthEstimator(path, precision, crop, cache_dir, log=log, device=device)
+        except BackendUnavailable as exc:       # asked for by name: say how to run without it
+            raise BackendUnavailable(f"{exc}; or set backend to auto (falls back to ONNX Runtime) or onnxruntime"
+                                     ) from exc
     elif chosen == "onnxruntime":
         if path.suffix != ".onnx":
             raise ValueError(f"backend onnxruntime needs an .onnx file, got {path}; export one with spidepth-export")
@@ -97,5 +141,5 @@ def create_estimator(model: str | Path, backend: str = "auto", device: str = "au
     return est
 
 
-__all__ = ["BACKENDS", "BackendUnavailable", "DepthEstimator", "DepthResult", "MetadataError", "ModelMetadata",
+__all__ = ["BACKENDS", "MODEL_SUFFIXES", "BackendUnavailable", "check_model_file", "DepthEstimator", "DepthResult", "MetadataError", "ModelMetadata",
            "Preprocessor", "choose_backend", "create_estimator", "read_sidecar", "sidecar_path", "write_sidecar"]

@@ -66,8 +66,8 @@ def import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise BackendUnavailable("TensorRT is not installed (pip install tensorrt, or use the JetPack/NGC one); "
-                                 "use backend onnxruntime or torch instead") from exc
+        raise BackendUnavailable("TensorRT is not installed (pip install tensorrt, or use the JetPack/NGC "
+                                 "one)") from exc
     return trt
 
 
@@ -109,8 +109,7 @@ def device_index(device: str) -> int:
         return 0
     match = re.fullmatch(r"cuda:(\d+)", device)
     if not match:
-        raise BackendUnavailable(f"TensorRT runs on a GPU: device {device!r} must be auto, cuda or cuda:N "
-                                 "(use backend onnxruntime for the CPU)")
+        raise BackendUnavailable(f"TensorRT runs on a GPU: device {device!r} must be auto, cuda or cuda:N")
     return int(match.group(1))
 
 
@@ -128,11 +127,10 @@ def gpu_identity(device: int = 0) -> tuple[str, str]:
             raise BackendUnavailable(f"the NVIDIA driver is too old for this CUDA runtime ({name}): update the "
                                      "driver, or install a TensorRT/cuda-python built for an older CUDA")
         if "NoDevice" in name:
-            raise BackendUnavailable(f"no CUDA GPU is visible ({name}); TensorRT needs one (use backend "
-                                     "onnxruntime)")
+            raise BackendUnavailable(f"no CUDA GPU is visible ({name}); TensorRT needs one")
         raise BackendUnavailable(f"CUDA cannot list GPUs: {name}")
     if count == 0:
-        raise BackendUnavailable("no CUDA GPU is visible; TensorRT needs one (use backend onnxruntime)")
+        raise BackendUnavailable("no CUDA GPU is visible; TensorRT needs one")
     if not 0 <= device < count:
         raise BackendUnavailable(f"device cuda:{device} requested but only {count} GPU(s) are visible")
     props = cuda_check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
