@@ -2,6 +2,7 @@
 
     spidepth-export /path/to/kitti_weights --preset cvnxt_h_320x1024 -o models/spidepth.onnx
     spidepth-export runs/mine/best.pt -o models/mine.onnx --engine --precision fp16   # on the robot
+    spidepth-export runs/mine/best.pt -o models/mine.onnx --precision int8 --calibration-bags run1 run2
 
 The ONNX has a static input ``image`` [1, 3, H, W] (RGB, [0, 1]) and output ``depth`` [1, 1, H/2, W/2]
 (``--dynamic-batch`` makes dim 0 symbolic). A JSON sidecar (``<file>.onnx.json``) records the contract.
@@ -9,12 +10,16 @@ The ONNX has a static input ``image`` [1, 3, H, W] (RGB, [0, 1]) and output ``de
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import sys
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import file_sha256, load_weights
-from .runtime.metadata import ModelMetadata, model_sha256, write_sidecar
+from .bagio import BagError
+from .checkpoint import CheckpointError, file_sha256, load_weights
+from .quantize import DEFAULT_CALIBRATION_FRAMES, DEFAULT_MAX_DEVIATION, CalibrationError, export_int8, \
+    select_calibration_frames
+from .runtime.metadata import MetadataError, ModelMetadata, model_sha256, write_sidecar
+from .runtime.preprocess import CROP_MODES
 
 DEFAULT_OPSET = 17
 #: Above this many bytes of weights the ONNX keeps them in one external ``<name>.onnx.data`` file (protobuf
@@ -114,11 +119,45 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
                     help="keep weights in one <output>.data file (auto: above 1 GiB, e.g. cvnxt_h_320x1024)")
     ap.add_argument("--engine", action="store_true", help="also build a TensorRT engine (needs TensorRT + GPU)")
-    ap.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="engine precision")
+    ap.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16",
+                    help="engine precision; fp16 also writes <output>.fp16.onnx (TensorRT >= 11), int8 writes the "
+                         "calibrated Q/DQ <output>.int8.onnx that ONNX Runtime and TensorRT both run")
+    ap.add_argument("--calibration-bags", nargs="+", default=[], metavar="BAG",
+                    help="rosbag2 recordings (mcap or sqlite3) whose frames calibrate INT8")
+    ap.add_argument("--calibration-topic", default="/camera/image_raw",
+                    help="colour image topic (Image or CompressedImage) in the calibration bags")
+    ap.add_argument("--calibration-frames", type=int, default=DEFAULT_CALIBRATION_FRAMES,
+                    help="frames chosen across the bags, spread in time and content")
+    ap.add_argument("--crop", choices=CROP_MODES, default="none",
+                    help="the node's crop mode: calibration frames are preprocessed exactly as the node will")
+    ap.add_argument("--max-int8-deviation", type=float, default=DEFAULT_MAX_DEVIATION,
+                    help="largest median-scaled relative deviation of INT8 depth from FP32 accepted when deciding "
+                         "which nodes stay float")
     ap.add_argument("--workspace-mib", type=int, default=1024)
     ap.add_argument("--cache-dir", help="where engines are cached (default: beside the ONNX)")
     ap.add_argument("--device-index", type=int, default=0, help="GPU to build the engine for (cuda:N)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except (CalibrationError, BagError, CheckpointError, MetadataError) as exc:
+        print(f"spidepth-export: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    frames = None
+    if args.precision == "int8":
+        if not args.calibration_bags:
+            raise CalibrationError("--precision int8 needs --calibration-bags: recordings of the robot's own camera "
+                                   "calibrate the INT8 ranges")
+        from .bagio import check_bag_path
+
+        for bag in args.calibration_bags:
+            check_bag_path(bag)
+        # every frame is read and checked before anything is written: a bad bag leaves nothing behind
+        frames = select_calibration_frames(args.calibration_bags, args.calibration_topic, args.calibration_frames,
+                                           progress=not args.no_progress)
     external = {"auto": None, "yes": True, "no": False}[args.external_data]
     onnx_path, meta = export_onnx(args.weights, args.output, args.preset, args.opset, args.dynamic_batch,
                                   height=args.height, width=args.width, external_data=external,
@@ -130,6 +169,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         export_onnx(args.weights, fp16_path, args.preset, args.opset, args.dynamic_batch, fp16=True,
                     height=args.height, width=args.width, external_data=external, max_batch=args.max_batch)
         print(f"wrote {fp16_path} (FP16 graph for strongly typed TensorRT >= 11 builds)")
+    if frames is not None:
+        result = export_int8(onnx_path, frames, crop=args.crop, max_deviation=args.max_int8_deviation)
+        info = result.metadata.extra["int8"]
+        print(f"wrote {result.path} (INT8 Q/DQ, {info['calibration_frames']} calibration frames of "
+              f"{frames.available}; float nodes: {result.chosen} ({len(info['float_nodes'])}); depth deviates "
+              f"{100 * result.deviations[result.chosen]:.2f} % from FP32 on {info['held_out_frames']} held-out "
+              "frames)")
     if args.engine:
         from .runtime.tensorrt_backend import engine_for_onnx
 

@@ -157,6 +157,26 @@ def test_tensorrt_engine_build_cache_and_parity(small_checkpoint, tmp_path, prec
 
 
 @requires_tensorrt
+def test_tensorrt_int8_engine_from_the_qdq_export(small_checkpoint, tmp_path):
+    """TensorRT builds the same Q/DQ ONNX that ONNX Runtime runs (explicit quantization), keyed by precision, and
+    its depth stays within the INT8 deviation of FP32 on a frame."""
+    from spidepth_ros.export import main as export_main
+    from spidepth_ros.quantize import depth_deviation
+    from spidepth_ros.runtime.tensorrt_backend import TensorRTDepthEstimator, engine_for_onnx
+    from spidepth_ros.synth import SynthConfig, write_bag
+
+    bag = write_bag(SynthConfig(width=320, height=96, frames=24, seed=5), tmp_path / "bag", progress=False)
+    assert export_main([str(small_checkpoint), "-o", str(tmp_path / "m.onnx"), "--precision", "int8",
+                        "--calibration-bags", str(bag), "--calibration-frames", "12", "--no-progress"]) == 0
+    engine = engine_for_onnx(tmp_path / "m.onnx", "int8", tmp_path / "cache")
+    key = read_sidecar(engine).extra["engine_key"]
+    assert key["precision"] == "int8" and key["onnx_sha256"] == read_sidecar(tmp_path / "m.int8.onnx").model_sha256
+    x = np.random.default_rng(0).random((1, 3, 96, 320)).astype(np.float32)
+    with TensorRTDepthEstimator(engine) as trt_est, OnnxRuntimeDepthEstimator(tmp_path / "m.onnx") as fp32:
+        assert depth_deviation(fp32.infer_tensor(x), trt_est.infer_tensor(x)) < 0.05
+
+
+@requires_tensorrt
 def test_foreign_engine_is_refused(small_checkpoint, tmp_path):
     from dataclasses import replace
 

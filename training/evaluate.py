@@ -138,6 +138,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--image-topic", default="/camera/image_raw")
     p.add_argument("--depth-topic", default="/camera/depth")
     p.add_argument("--backend", default="auto", help="auto | torch | onnxruntime | tensorrt")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "int8"),
+                   help="as the node's parameter: auto runs what the node would (an ONNX's INT8 version on a CPU "
+                        "with integer dot products); fp32 / int8 compare the two")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.add_argument("--min-depth", type=float, default=1e-3)
     p.add_argument("--max-depth", type=float, default=80.0)
     p.add_argument("--scale", type=float, default=None,
@@ -154,11 +158,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="with --camera-height: store the scale in the model (sidecar or .pt) for the node to use")
     args = p.parse_args(argv)
     if args.camera_height is not None:
-        estimator = create_estimator(args.model, backend=args.backend)
+        estimator = create_estimator(args.model, backend=args.backend, precision=args.precision, log=print)
         with estimator:
             scale, found, tried = estimate_scale_from_height(estimator, args.bags, args.image_topic,
                                                              args.camera_info_topic, args.camera_height,
-                                                             args.max_frames, args.every)
+                                                             args.max_frames, args.every,
+                                                             progress=not args.no_progress)
         print(f"floor found in {found} of {tried} frames; camera height {args.camera_height} m -> depth_scale "
               f"{scale:.4f} (the model's own: {estimator.metadata.depth_scale:.4f})")
         if args.write_scale:
@@ -166,10 +171,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     settings = EvalSettings(args.min_depth, args.max_depth, median_scaling=args.scale is None,
                             fixed_scale=args.scale or 1.0, crop=GARG_CROP if args.garg_crop else None)
-    estimator = create_estimator(args.model, backend=args.backend)
+    estimator = create_estimator(args.model, backend=args.backend, precision=args.precision, log=print)
     with estimator:
+        print(f"model {args.model} on {estimator.describe()}")
         rows = evaluate_bags(lambda rgb: estimator.infer(rgb).depth, args.bags, args.image_topic, args.depth_topic,
-                             settings, args.max_frames, args.every, int(args.max_offset_ms * 1e6))
+                             settings, args.max_frames, args.every, int(args.max_offset_ms * 1e6),
+                             progress=not args.no_progress)
     if not rows:
         print(f"no frame of {args.image_topic} had ground truth on {args.depth_topic}")
         return 1

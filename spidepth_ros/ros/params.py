@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 from ..encodings import DEFAULT_MAX_IMAGE_BYTES
-from ..runtime import BACKENDS
+from ..runtime import BACKENDS, PRECISIONS
 from ..runtime.preprocess import CROP_MODES
 
 OUTPUT_RESOLUTIONS = ("network", "input")
@@ -50,7 +50,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Runtime; torch for checkpoints.", choices=BACKENDS),
     ParamSpec("device", "auto", "Device: auto, cpu, cuda or cuda:N (the GPU for TensorRT, onnxruntime and "
               "torch)."),
-    ParamSpec("precision", "fp16", "TensorRT engine / torch CUDA precision.", choices=("fp16", "fp32")),
+    ParamSpec("precision", "auto", "auto: fp16 on TensorRT and torch CUDA; on ONNX Runtime's CPU the model's INT8 "
+              "version (spidepth-export --precision int8) when it has one and the CPU has integer dot-product "
+              "instructions (VNNI/AMX, ARM dotprod), else fp32 (the log says which). fp32, fp16 or int8 force one.",
+              choices=PRECISIONS),
     ParamSpec("engine_cache_dir", "", "Where TensorRT engines built from ONNX are cached (default: beside the "
               "ONNX). Engines are keyed by ONNX hash, size, precision, TensorRT version and GPU."),
     ParamSpec("threads", 0, "CPU threads for ONNX Runtime (0 = its default).", min_value=0, max_value=256),

@@ -15,6 +15,9 @@ from .metadata import MetadataError, ModelMetadata, read_sidecar, sidecar_path, 
 from .preprocess import Preprocessor
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+#: ``precision`` values: auto = fp16 on TensorRT and torch CUDA, INT8 on ONNX Runtime's CPU when the model has an
+#: INT8 version and the CPU has integer dot-product instructions, else fp32.
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 _log = logging.getLogger("spidepth_ros.runtime")
 
 
@@ -106,7 +109,45 @@ def check_model_file(model: str | Path) -> None:
                                 "download it again")
 
 
-def create_estimator(model: str | Path, backend: str = "auto", device: str = "auto", precision: str = "fp16",
+def int8_model_for(onnx_path: Path) -> Optional[Path]:
+    """The INT8 version of an exported ONNX (its sidecar names it; ``spidepth-export --precision int8``), or None.
+    An ONNX that is itself INT8 is its own."""
+    meta = read_sidecar(onnx_path)
+    if meta.precision == "int8":
+        return onnx_path
+    name = meta.extra.get("int8_model") if isinstance(meta.extra, dict) else None
+    candidate = onnx_path.with_name(name) if name else None
+    return candidate if candidate is not None and candidate.is_file() else None
+
+
+def onnxruntime_model_for(onnx_path: Path, precision: str, device: str,
+                          log: Callable[[str], None] = _log.info) -> Path:
+    """Which ONNX file ONNX Runtime runs for ``precision`` (auto/fp32/fp16/int8) on ``device`` (cpu/cuda)."""
+    from ..quantize import int8_dot_product_support
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX model {onnx_path} does not exist")
+    int8 = int8_model_for(onnx_path)
+    if precision == "int8":
+        if int8 is None:
+            raise MetadataError(f"precision int8 asked for but {onnx_path.name} has no INT8 version: export one with "
+                                "spidepth-export ... --precision int8 --calibration-bags BAG")
+        return int8
+    if precision == "auto" and int8 is not None and not device.startswith("cuda"):
+        fast, which = int8_dot_product_support()
+        if fast:
+            log(f"precision auto: running the INT8 model {int8.name} (this CPU has {which})")
+            return int8
+        log(f"precision auto: {int8.name} exists but this CPU has {which}, where INT8 does not pay: running FP32")
+    if onnx_path == int8 and precision in ("fp32", "fp16"):
+        raise MetadataError(f"{onnx_path.name} is an INT8 model; for precision {precision} give its FP32 ONNX "
+                            f"({read_sidecar(onnx_path).extra.get('int8', {}).get('fp32_model', 'model.onnx')})")
+    return onnx_path
+
+
+def create_estimator(model: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
                      crop: str = "none", cache_dir: Optional[str] = None, threads: int = 0,
                      log: Callable[[str], None] = _log.info) -> DepthEstimator:
     """Build (not start) the estimator for ``model``; logs the backend it chose and why."""
@@ -115,8 +156,11 @@ def create_estimator(model: str | Path, backend: str = "auto", device: str = "au
     if chosen == "tensorrt":
         from .tensorrt_backend import TensorRTDepthEstimator
 
+        trt_precision = precision if precision != "auto" else \
+            "int8" if path.suffix == ".onnx" and read_sidecar(path).precision == "int8" else "fp16"
         try:
-            est: DepthEstimator = TensorRTDepthEstimator(path, precision, crop, cache_dir, log=log, device=device)
+            est: DepthEstimator = TensorRTDepthEstimator(path, trt_precision, crop, cache_dir, log=log,
+                                                         device=device)
         except BackendUnavailable as exc:       # asked for by name: say how to run without it
             raise BackendUnavailable(f"{exc}; or set backend to auto (falls back to ONNX Runtime) or onnxruntime"
                                      ) from exc
@@ -126,7 +170,7 @@ def create_estimator(model: str | Path, backend: str = "auto", device: str = "au
         from .onnxruntime_backend import OnnxRuntimeDepthEstimator
 
         dev = device if device != "auto" else ("cuda" if _onnxruntime_cuda() else "cpu")
-        est = OnnxRuntimeDepthEstimator(path, dev, crop, threads)
+        est = OnnxRuntimeDepthEstimator(onnxruntime_model_for(path, precision, dev, log), dev, crop, threads)
     else:
         if path.suffix in (".onnx", ".engine"):
             raise ValueError(f"backend torch needs a checkpoint (.pt or an official folder), got {path}")
@@ -136,10 +180,14 @@ def create_estimator(model: str | Path, backend: str = "auto", device: str = "au
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        est = TorchDepthEstimator(path, device, half=precision == "fp16" and device.startswith("cuda"), crop=crop)
+        if precision == "int8":
+            raise ValueError("precision int8 runs on ONNX Runtime or TensorRT: export an INT8 ONNX with "
+                             "spidepth-export --precision int8 --calibration-bags BAG")
+        est = TorchDepthEstimator(path, device, half=precision in ("fp16", "auto") and device.startswith("cuda"),
+                                  crop=crop)
     log(f"inference backend: {chosen} (requested {backend}) for {path.name}")
     return est
 
 
-__all__ = ["BACKENDS", "MODEL_SUFFIXES", "BackendUnavailable", "check_model_file", "DepthEstimator", "DepthResult", "MetadataError", "ModelMetadata",
+__all__ = ["BACKENDS", "MODEL_SUFFIXES", "PRECISIONS", "int8_model_for", "onnxruntime_model_for", "BackendUnavailable", "check_model_file", "DepthEstimator", "DepthResult", "MetadataError", "ModelMetadata",
            "Preprocessor", "choose_backend", "create_estimator", "read_sidecar", "sidecar_path", "write_sidecar"]

@@ -46,9 +46,18 @@ class OnnxRuntimeDepthEstimator(DepthEstimator):
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3          # ORT's per-initializer clean-up notices are not the user's business
         if self.threads:
             opts.intra_op_num_threads = self.threads
-        self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers())
+        model = str(self.path)
+        if self.metadata.precision == "int8" and not self.device_name.startswith("cuda"):
+            import onnx
+
+            from ..quantize import adapt_for_onnxruntime_cpu
+
+            # the symmetric Q/DQ model TensorRT builds, with the uint8 activations the CPU kernels want
+            model = adapt_for_onnxruntime_cpu(onnx.load(model)).SerializeToString()
+        self.session = ort.InferenceSession(model, opts, providers=self.providers())
         inputs = self.session.get_inputs()
         meta = self.metadata
         if len(inputs) != 1 or inputs[0].name != meta.input_name:
@@ -70,4 +79,4 @@ class OnnxRuntimeDepthEstimator(DepthEstimator):
 
     def describe(self) -> str:
         providers = self.session.get_providers() if self.session else self.providers()
-        return f"onnxruntime ({providers[0]})"
+        return f"onnxruntime ({providers[0]}, {self.metadata.precision})"

@@ -7,9 +7,11 @@ a cached engine only when every field matches and rebuilds otherwise; :class:`Te
 foreign ``.engine`` instead of producing garbage.
 
 Precision across TensorRT versions (the 10 -> 11 API change):
-  * TensorRT 10: FP16 via ``BuilderFlag.FP16`` on the FP32 ONNX (weakly typed network);
+  * TensorRT 10: FP16 via ``BuilderFlag.FP16`` on the FP32 ONNX (weakly typed network); INT8 by explicit
+    quantization: the symmetric Q/DQ ONNX (``spidepth-export --precision int8``) with ``BuilderFlag.INT8``;
   * TensorRT >= 11: the FP16/INT8 builder flags are gone; FP16 comes from an FP16 ONNX built as a
-    **strongly typed** network (``spidepth-export --precision fp16`` writes ``*.fp16.onnx`` for this).
+    **strongly typed** network (``spidepth-export --precision fp16`` writes ``*.fp16.onnx`` for this), INT8
+    from the same Q/DQ ONNX, also strongly typed (the Q/DQ nodes give the types).
 
 Large models (cvnxt_h: 2.9 GB of weights) are exported as ``model.onnx`` + one ``model.onnx.data``; the parser
 reads them with ``parse_from_file`` so that the external data resolves beside the ONNX.
@@ -34,7 +36,7 @@ from ..files import atomic_write_bytes
 from .base import BackendUnavailable, DepthEstimator
 from .metadata import MetadataError, ModelMetadata, model_sha256, read_sidecar, sidecar_path
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_WORKSPACE_MIB = 1024
 ALL_MAJORS = (10, 11)
 #: TensorRT attribute -> majors whose code path below uses it (FP16 builder flag: 10 only; gone in 11).
@@ -42,7 +44,7 @@ TENSORRT_API: dict[str, tuple[int, ...]] = {
     # module level
     "__version__": ALL_MAJORS, "Logger": ALL_MAJORS, "WARNING": ALL_MAJORS, "Builder": ALL_MAJORS,
     "OnnxParser": ALL_MAJORS, "Runtime": ALL_MAJORS, "NetworkDefinitionCreationFlag": ALL_MAJORS,
-    "STRONGLY_TYPED": (11,), "BuilderFlag": (10,), "FP16": (10,), "MemoryPoolType": ALL_MAJORS,
+    "STRONGLY_TYPED": (11,), "BuilderFlag": (10,), "FP16": (10,), "INT8": (10,), "MemoryPoolType": ALL_MAJORS,
     "WORKSPACE": ALL_MAJORS, "nptype": ALL_MAJORS, "TensorIOMode": ALL_MAJORS, "INPUT": ALL_MAJORS,
     # Builder / INetworkDefinition / OnnxParser / IBuilderConfig / IOptimizationProfile
     "create_network": ALL_MAJORS, "create_builder_config": ALL_MAJORS, "build_serialized_network": ALL_MAJORS,
@@ -189,6 +191,10 @@ def build_engine(onnx_path: Path, precision: str = "fp16", workspace_mib: int = 
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     if precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8" and not strongly_typed:
+        # explicit quantization: the Q/DQ nodes of the INT8 ONNX carry the scales; TensorRT 10 still wants the
+        # flag to run INT8 kernels for them (11 reads the types of a strongly typed network instead)
+        config.set_flag(trt.BuilderFlag.INT8)
     dynamic = [network.get_input(i) for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)]
     if dynamic:
         profile_shapes = batch_profile(meta) if meta is not None else None
@@ -211,7 +217,15 @@ def select_device(device: int) -> None:
 
 
 def onnx_for_precision(onnx_path: Path, precision: str) -> Path:
-    """The ONNX to build from: TensorRT >= 11 needs the FP16 export for FP16 engines."""
+    """The ONNX to build from: the INT8 Q/DQ export for INT8; TensorRT >= 11 needs the FP16 export for FP16."""
+    if precision == "int8":
+        from . import int8_model_for
+
+        int8 = int8_model_for(onnx_path)
+        if int8 is None:
+            raise MetadataError(f"INT8 engines are built from the Q/DQ ONNX that spidepth-export --precision int8 "
+                                f"--calibration-bags BAG writes; {onnx_path.name} has none")
+        return int8
     trt = import_tensorrt()
     if precision == "fp16" and trt_major(trt) >= 11:
         fp16 = onnx_path.with_name(onnx_path.name.replace(".onnx", ".fp16.onnx"))
