@@ -1,15 +1,18 @@
 """The depth node's own per-frame work next to inference, and cloud building next to a plain copy of its bytes.
 
-    python bench/node.py [--preset small_r18_96x320] [--width 640 --height 480]
+    python bench/node.py [--preset small_r18_96x320] [--width 640 --height 480] [--camera-height 1.5]
 
-Measured in one run on the same frames: message decode (sensor_msgs/Image rgb8 with row padding),
-pre-processing, inference, post-processing (units, range), cloud building, colourising and output message
-construction (32FC1 Image, CameraInfo, PointCloud2), all without DDS.
+Measured in one run on the same frames (a synthetic street, so a floor is there to fit): message decode
+(sensor_msgs/Image rgb8 with row padding), pre-processing, inference, post-processing (units, range), the cloud
+filters (flying pixels at the default edge_filter, the height band), the per-frame floor fit of scale_source
+camera_height, cloud building, colourising and output message construction (32FC1 Image, CameraInfo,
+PointCloud2), all without DDS.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import tempfile
 from pathlib import Path
 
@@ -36,11 +39,15 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--camera-height", type=float, default=1.5,
+                    help="metres: time scale_source camera_height's floor fit (0: scale_source model)")
     args = ap.parse_args()
     p = get_preset(args.preset)
     w, h = args.width, args.height
     rng = np.random.default_rng(0)
-    rgb = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+    from spidepth_ros.synth import SynthConfig, render_sequence
+
+    rgb = next(iter(render_sequence(SynthConfig(width=w, height=h, frames=1, seed=3)))).rgb
     step = w * 3 + 64
     padded = np.zeros((h, step), np.uint8)
     padded[:, : w * 3] = rgb.reshape(h, -1)
@@ -51,12 +58,27 @@ def main() -> None:
         torch.manual_seed(0)
         ckpt = save_checkpoint(Path(tmp) / "m.pt", p, build_depth_net(p).eval())
         onnx, _ = export_onnx(ckpt, Path(tmp) / "m.onnx")
+        from spidepth_ros.metric_scale import CameraHeightScale
+        from spidepth_ros.pipeline import CloudOptions
+        from spidepth_ros.ros.params import PARAMETERS
+
+        edge = next(x.default for x in PARAMETERS if x.name == "edge_filter")
+        options = CloudOptions(edge_filter=edge, min_height=0.05, max_height=2.0)
         with OnnxRuntimeDepthEstimator(onnx) as est:
             pipe = DepthPipeline(est)
+            tracker = CameraHeightScale(args.camera_height) if args.camera_height > 0 else None
             timings = []
-            for _ in range(args.repeats):
-                out = pipe.process(rgb, cam, 1.0, 0.1, 80.0, True, 1, True, True)
-                timings.append(out.timings_ms)
+            for i in range(args.repeats):
+                result = pipe.infer([rgb])[0]
+                intr = pipe.depth_intrinsics(result, cam)
+                t0 = time.perf_counter()
+                scale, floor = 1.0, None
+                if tracker is not None:
+                    report = tracker.update(result.depth, intr, float(i))
+                    scale, floor = report.scale, report.floor
+                fit_ms = (time.perf_counter() - t0) * 1e3
+                out = pipe.finish(result, rgb, intr, scale, 0.1, 80.0, True, options, True, floor)
+                timings.append({**out.timings_ms, "floor fit": fit_ms})
             decode = time_ms(lambda: decode_color_image(h, w, "rgb8", 0, step, data), args.repeats)
             build_msgs = None
             try:
@@ -77,13 +99,14 @@ def main() -> None:
                 print("(rclpy messages not importable: message construction not measured)")
     med = {k: float(np.median([t[k] for t in timings[3:]])) for k in timings[0]}
     own = {"decode Image": float(np.median(decode)), "preprocess": med["preprocess"],
-           "postprocess": med["postprocess"], "cloud": med["cloud"], "colourise": med["colorize"]}
+           "postprocess": med["postprocess"], f"cloud filters (edge {edge:g}, height band)": med["filters"],
+           "floor fit (camera_height)": med["floor fit"], "cloud": med["cloud"], "colourise": med["colorize"]}
     if build_msgs is not None:
         own["build messages"] = float(np.median(build_msgs))
     total_own = sum(own.values())
     print(f"\ninference (onnxruntime): {med['inference']:.2f} ms (median)")
     for k, v in own.items():
-        print(f"  {k:16s} {v:7.3f} ms  ({100 * v / med['inference']:5.1f}% of inference)")
+        print(f"  {k:34s} {v:7.3f} ms  ({100 * v / med['inference']:5.1f}% of inference)")
     print(f"node's own work: {total_own:.2f} ms = {100 * total_own / med['inference']:.1f}% of inference "
           "(target < 10%)")
 

@@ -36,33 +36,30 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
                      rel_tolerance: float = REL_TOLERANCE, max_tilt_deg: float = MAX_TILT_DEG
                      ) -> Optional[GroundPlane]:
     """RANSAC plane ``n . X = d`` (d > 0, n within ``max_tilt_deg`` of +y) over ``points`` ``[N, 3]``, refined by
-    least squares on its inliers; None if no such plane is found."""
+    least squares on its inliers; None if no such plane is found.
+
+    All ``iterations`` hypotheses are scored at once (one ``[N, iterations]`` product): the node runs this on
+    every frame with ``scale_source: camera_height``.
+    """
     points = points[np.all(np.isfinite(points), axis=1)]
     if len(points) < 50:
         return None
     cos_tilt = np.cos(np.radians(max_tilt_deg))
-    best_count, best = 0, None
-    for _ in range(iterations):
-        a, b, c = points[rng.choice(len(points), 3, replace=False)]
-        n = np.cross(b - a, c - a)
-        norm = np.linalg.norm(n)
-        if norm < 1e-12:
-            continue
-        n = n / norm
-        if n[1] < 0:
-            n = -n
-        if n[1] < cos_tilt:
-            continue
-        d = float(n @ a)
-        if d <= 0:
-            continue
-        count = int(np.count_nonzero(np.abs(points @ n - d) < rel_tolerance * d))
-        if count > best_count:
-            best_count, best = count, (n, d)
-    if best is None:
+    triples = points[rng.integers(0, len(points), (iterations, 3))]              # [K, 3 points, 3]
+    normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])
+    norms = np.linalg.norm(normals, axis=1)
+    ok = norms > 1e-12
+    normals, triples = normals[ok] / norms[ok, None], triples[ok]
+    normals *= np.where(normals[:, 1:2] < 0, -1.0, 1.0)                          # towards the floor (+y)
+    d = np.einsum("kj,kj->k", normals, triples[:, 0])
+    ok = (normals[:, 1] >= cos_tilt) & (d > 0)
+    if not ok.any():
         return None
-    n, d = best
-    inliers = points[np.abs(points @ n - d) < rel_tolerance * d]
+    normals, d = normals[ok], d[ok]
+    counts = np.count_nonzero(np.abs(points @ normals.T - d) < rel_tolerance * d, axis=0)
+    best = int(np.argmax(counts))
+    n, dist = normals[best], d[best]
+    inliers = points[np.abs(points @ n - dist) < rel_tolerance * dist]
     centroid = inliers.mean(axis=0)
     normal = np.linalg.svd(inliers - centroid, full_matrices=False)[2][-1]
     if normal[1] < 0:
@@ -71,16 +68,23 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
     return GroundPlane(normal, distance, len(inliers) / len(points))
 
 
-def camera_height(depth: np.ndarray, intrinsics: PinholeIntrinsics, rng: np.random.Generator,
-                  stride: int = 2) -> Optional[float]:
-    """Height of the camera above the floor in ``depth``'s units, or None when no floor is visible."""
+def floor_plane(depth: np.ndarray, intrinsics: PinholeIntrinsics, rng: np.random.Generator,
+                stride: int = 2, iterations: int = 200) -> Optional[GroundPlane]:
+    """The floor in ``depth`` (its units), fitted in the lower image, or None when no floor is visible."""
     h = depth.shape[0]
     top = int(FLOOR_ROWS_FROM * h)
     points = backproject(depth, intrinsics, stride)[top // stride:].reshape(-1, 3)
-    plane = fit_ground_plane(points.astype(np.float64), rng)
+    plane = fit_ground_plane(points.astype(np.float64), rng, iterations)
     if plane is None or plane.inlier_fraction < MIN_INLIER_FRACTION:
         return None
-    return plane.distance
+    return plane
+
+
+def camera_height(depth: np.ndarray, intrinsics: PinholeIntrinsics, rng: np.random.Generator,
+                  stride: int = 2) -> Optional[float]:
+    """Height of the camera above the floor in ``depth``'s units, or None when no floor is visible."""
+    plane = floor_plane(depth, intrinsics, rng, stride)
+    return plane.distance if plane is not None else None
 
 
 def scale_from_heights(heights: Sequence[float], known_height_m: float) -> float:

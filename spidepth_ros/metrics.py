@@ -89,3 +89,67 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
     out["scale_std_over_median"] = float(np.std(scales) / np.median(scales))
     out["frames"] = len(rows)
     return out
+
+
+def off_surface_mask(depth: np.ndarray, gt_depth: np.ndarray, intrinsics, rel_tolerance: float = 0.05,
+                     radius: int = 2) -> np.ndarray:
+    """``[H, W]`` bool: valid pixels of ``depth`` whose 3-D point lies farther than ``rel_tolerance`` of its depth
+    from every ground-truth point within ``radius`` pixels (both maps on the same pixel grid, ``intrinsics``).
+
+    "Every true surface" is searched in a window, not only along the same ray, so a point shifted along a surface
+    is on it; a point floating between a near edge and the wall behind is not (the flying pixels of a costmap).
+    """
+    from .geometry import backproject
+
+    pred = backproject(depth.astype(np.float64), intrinsics)
+    gt = backproject(gt_depth.astype(np.float64), intrinsics)
+    h, w = depth.shape
+    best = np.full((h, w), np.inf)
+    padded = np.full((h + 2 * radius, w + 2 * radius, 3), np.nan)
+    padded[radius:radius + h, radius:radius + w] = gt
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            dist = np.linalg.norm(pred - padded[dy:dy + h, dx:dx + w], axis=2)
+            best = np.fmin(best, dist)
+    valid = np.isfinite(depth) & (depth > 0)
+    return valid & ~(best <= rel_tolerance * depth)
+
+
+def scale_consistency(depths: list, relative_poses: Optional[list] = None, intrinsics=None,
+                      min_depth: float = 1e-3) -> dict[str, float]:
+    """Frame-to-frame scale consistency of a depth stream: the log ratio of consecutive frames' scales.
+
+    With ``relative_poses`` (``[4, 4]`` transforms taking frame i's camera coordinates to frame i+1's, one per
+    consecutive pair; metres or any unit) and ``intrinsics`` (of the depth maps), each pair's ratio is the median,
+    over pixels of frame i that land inside frame i+1, of frame i+1's depth at the landing pixel over the landing
+    point's z: the same surfaces seen twice. Without poses it is the ratio of the two maps' medians (which also
+    moves when the scene does). Returns ``p95_abs_log_ratio`` (the spread the acceptance bounds), its median and
+    the number of pairs.
+    """
+    from .geometry import backproject
+
+    logs = []
+    for i in range(len(depths) - 1):
+        a, b = np.asarray(depths[i], np.float64), np.asarray(depths[i + 1], np.float64)
+        if relative_poses is None:
+            va, vb = a[np.isfinite(a) & (a > min_depth)], b[np.isfinite(b) & (b > min_depth)]
+            if va.size and vb.size:
+                logs.append(np.log(np.median(vb) / np.median(va)))
+            continue
+        pts = backproject(a, intrinsics).reshape(-1, 3)
+        pts = pts[np.all(np.isfinite(pts), axis=1) & (pts[:, 2] > min_depth)]
+        t = np.asarray(relative_poses[i], np.float64)
+        moved = pts @ t[:3, :3].T + t[:3, 3]
+        moved = moved[moved[:, 2] > min_depth]
+        u = np.rint(intrinsics.fx * moved[:, 0] / moved[:, 2] + intrinsics.cx).astype(int)
+        v = np.rint(intrinsics.fy * moved[:, 1] / moved[:, 2] + intrinsics.cy).astype(int)
+        inside = (u >= 0) & (u < b.shape[1]) & (v >= 0) & (v < b.shape[0])
+        seen = b[v[inside], u[inside]]
+        ok = np.isfinite(seen) & (seen > min_depth)
+        if ok.sum() >= 20:
+            logs.append(np.log(np.median(seen[ok] / moved[inside][ok, 2])))
+    logs = np.abs(np.array(logs))
+    if logs.size == 0:
+        return {"p95_abs_log_ratio": float("nan"), "median_abs_log_ratio": float("nan"), "pairs": 0}
+    return {"p95_abs_log_ratio": float(np.percentile(logs, 95)), "median_abs_log_ratio": float(np.median(logs)),
+            "pairs": int(logs.size)}

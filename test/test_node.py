@@ -818,3 +818,56 @@ def test_no_camera_info_warning_while_camera_info_follows_each_image(ros_context
         spinner.stop()
         node.destroy_node()
         harness.node.destroy_node()
+
+
+def test_two_cameras_one_node_match_single_camera_inference(ros_context, small_checkpoint, tmp_path):
+    """cameras: [left, right]: each camera's topics live under its namespace, each output is exactly what the
+    model gives for that camera's image alone (hand oracle), frames that arrive together are inferred as one
+    batch, and /diagnostics has one status per camera."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.parameter import Parameter
+
+    from spidepth_ros.export import export_onnx
+
+    onnx_path, _ = export_onnx(small_checkpoint, tmp_path / "dyn.onnx", dynamic_batch=True, max_batch=4)
+    extra = {f"qos_overrides./multi/{cam}/{topic}.subscription.reliability": "reliable"
+             for cam in ("left", "right") for topic in ("image", "camera_info")}
+    node = start_node(ros_context, onnx_path, "depth_node", namespace="multi", min_range=0.0, max_range=1e4,
+                      cameras=["left", "right"], diagnostics_period=0.3, **extra)
+    left, right = Harness(ros_context, namespace="multi/left"), Harness(ros_context, namespace="multi/right")
+    got = []
+    left.node.create_subscription(DiagnosticArray, "/diagnostics", got.append, 10)
+    spinner = Spinner(ros_context, node, left.node, right.node)
+    oracle = HandOracle(onnx_path)
+    try:
+        assert [c.prefix for c in node.cameras] == ["left", "right"]
+        assert wait_for(lambda: all(c.input_sub is not None for c in node.cameras) and
+                        left.pub_image.get_subscription_count() > 0 and right.pub_image.get_subscription_count() > 0)
+        images = {}
+        for i in range(6):
+            stamp = 120_000_000_000 + i * 100_000_000
+            for k, harness in enumerate((left, right)):
+                rgb = make_rgb(200 + 2 * i + k)
+                images[(k, stamp)] = rgb
+                harness.pub_info.publish(harness.camera_info(stamp))
+            time.sleep(0.05)
+            for k, harness in enumerate((left, right)):       # both images at once: one batch when free
+                harness.pub_image.publish(harness.rgb_image(stamp, images[(k, stamp)]))
+            time.sleep(0.25)
+        stamps = sorted({s for _, s in images})
+        assert wait_for(lambda: all(s in left.depth and s in right.depth for s in stamps[-3:]))
+        for (k, stamp), rgb in images.items():
+            harness = (left, right)[k]
+            if stamp in harness.depth:
+                np.testing.assert_allclose(depth_of(harness.depth[stamp]), oracle.depth(rgb), rtol=1e-5, atol=1e-6)
+        assert left.info[stamps[-1]].header.frame_id == "cam_optical" and stamps[-1] in right.points
+        assert sum(c.stats.batched for c in node.cameras) > 0, "simultaneous frames were never batched"
+        assert wait_for(lambda: any(len(m.status) == 2 for m in got), 5)
+        names = {st.name for m in got for st in m.status}
+        assert {"/multi/depth_node: spidepth depth left", "/multi/depth_node: spidepth depth right"} <= names
+        assert node.set_parameters([Parameter("cameras", value=["x"])])[0].successful is False     # read-only
+    finally:
+        spinner.stop()
+        node.destroy_node()
+        left.node.destroy_node()
+        right.node.destroy_node()

@@ -322,3 +322,84 @@ def test_signal_during_the_imports_exits_zero_quietly(small_onnx, sig, entry):
     assert_quiet_exit(proc.returncode, out)
     assert f"{sig.name} during start-up: exiting" in out, out
     assert "loading model" not in out, out
+
+
+def test_camera_height_scale_gives_metres_over_dds(ros_context, tmp_path):
+    """depth_node as a process with scale_source camera_height, fed a synthetic drive (camera 1.5 m above a flat
+    floor) over DDS, running a model whose own scale is 3x off: the published depth, not median-scaled, scores
+    an AbsRel within 15 % of the median-scaled one, moves less from frame to frame (same surfaces, true motion)
+    than each frame's own floor fit would, and /diagnostics reports the floor-fit state."""
+    import dataclasses
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from spidepth_ros.export import export_onnx
+    from spidepth_ros.ground_scale import floor_plane
+    from spidepth_ros.metrics import EvalSettings, evaluate_frame, scale_consistency
+    from spidepth_ros.runtime.metadata import read_sidecar, write_sidecar
+    from spidepth_ros.synth import CAMERA_HEIGHT, SynthConfig, render_sequence
+
+    onnx_path, _ = export_onnx(REPO / "models" / "demo_small.pt", tmp_path / "demo.onnx")
+    write_sidecar(onnx_path, dataclasses.replace(read_sidecar(onnx_path), depth_scale=0.35))   # 3x off
+    cfg = SynthConfig(width=320, height=96, frames=24, seed=300)
+    frames = list(render_sequence(cfg))
+    ns = "height_scale"
+    proc = spawn(node_cmd("-r", f"__ns:=/{ns}", "-p", f"model_path:={onnx_path}", "-p", "backend:=onnxruntime",
+                          "-p", "scale_source:=camera_height", "-p", f"camera_height:={CAMERA_HEIGHT}",
+                          "-p", "diagnostics_period:=0.5", "-p", "max_range:=200.0", *reliable(ns)))
+    from rclpy.node import Node
+
+    peer = Node("height_peer", namespace=ns, context=ros_context)
+    pub, pub_info = peer.create_publisher(Image, "image", 10), peer.create_publisher(CameraInfo, "camera_info", 10)
+    depth, infos, diags = {}, {}, []
+    peer.create_subscription(Image, "depth/image", lambda m: depth.__setitem__(m.header.stamp.sec, m), 10)
+    peer.create_subscription(CameraInfo, "depth/camera_info", lambda m: infos.__setitem__(m.header.stamp.sec, m), 10)
+    peer.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    spinner = Spinner(ros_context, peer)
+    try:
+        assert wait_for(lambda: pub.get_subscription_count() == 1, 60)
+        k = cfg.intrinsics.matrix()
+        for i, f in enumerate(frames):
+            from builtin_interfaces.msg import Time
+            from std_msgs.msg import Header
+
+            header = Header(stamp=Time(sec=2000 + i), frame_id="cam")
+            pub_info.publish(CameraInfo(header=header, width=320, height=96, k=k.ravel().tolist(),
+                                        p=np.hstack([k, np.zeros((3, 1))]).ravel().tolist()))
+            time.sleep(0.05)
+            pub.publish(Image(header=header, height=96, width=320, encoding="rgb8", step=960, data=f.rgb.tobytes()))
+            assert wait_for(lambda: 2000 + i in depth and 2000 + i in infos, 30), f"frame {i}"
+        published = [np.frombuffer(bytes(depth[2000 + i].data), "<f4").reshape(48, 160) for i in range(len(frames))]
+        info = infos[2000]
+        from spidepth_ros.geometry import PinholeIntrinsics
+
+        intr = PinholeIntrinsics(info.p[0], info.p[5], info.p[2], info.p[6], info.width, info.height)
+        settings = EvalSettings(max_depth=80.0)
+        node_rows = [evaluate_frame(f.depth, d, dataclasses.replace(settings, median_scaling=False))
+                     for f, d in zip(frames[5:], published[5:])]
+        median_rows = [evaluate_frame(f.depth, d, settings) for f, d in zip(frames[5:], published[5:])]
+        node_abs_rel = np.mean([r["abs_rel"] for r in node_rows])
+        median_abs_rel = np.mean([r["abs_rel"] for r in median_rows])
+        assert abs(node_abs_rel - median_abs_rel) <= 0.15 * median_abs_rel, (node_abs_rel, median_abs_rel)
+        rel = [np.linalg.inv(frames[i + 1].world_T_cam) @ frames[i].world_T_cam for i in range(len(frames) - 1)]
+        rng = np.random.default_rng(0)
+        per_frame = []
+        for d in published:           # each frame scaled by its own floor fit alone (what the filter smooths)
+            plane = floor_plane(d, intr, rng)
+            per_frame.append(d * CAMERA_HEIGHT / plane.distance if plane is not None else np.full_like(d, np.nan))
+        filtered = scale_consistency(published[5:], rel[5:], intr)["p95_abs_log_ratio"]
+        unfiltered = scale_consistency(per_frame[5:], rel[5:], intr)["p95_abs_log_ratio"]
+        assert filtered < unfiltered, (filtered, unfiltered)
+        assert wait_for(lambda: any(kv.key == "scale_state" and kv.value in ("floor", "held")
+                                    for m in diags for st in m.status for kv in st.values), 5)
+        last = {kv.key: kv.value for kv in diags[-1].status[0].values}
+        assert last["scale_source"] == "camera_height" and float(last["floor_fit_share"]) > 0.8
+        assert float(last["depth_scale"]) == pytest.approx(0.35 * 3, rel=0.25)
+        code, out, _ = finish(proc, signal.SIGINT)
+        assert_quiet_exit(code, out)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        spinner.stop()
+        peer.destroy_node()

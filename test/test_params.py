@@ -41,7 +41,8 @@ def test_a_live_node_declares_every_parameter_with_its_description_and_range(ros
             d = described[spec.name]
             assert d.description == spec.description and d.read_only == spec.read_only, spec.name
             kind = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-                    float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}[type(spec.default)]
+                    float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
+                    list: ParameterType.PARAMETER_STRING_ARRAY}[type(spec.default)]
             assert d.type == kind, spec.name
             if spec.min_value is not None and not isinstance(spec.default, bool):
                 rng = (d.integer_range or d.floating_point_range)[0]

@@ -108,6 +108,89 @@ def estimate_scale_from_height(estimator, bags: Sequence[Path], image_topic: str
     return scale_from_heights(heights, known_height_m), found, tried
 
 
+def evaluate_node_scale(estimator, bags: Sequence[Path], image_topic: str, depth_topic: str,
+                        camera_info_topic: str, settings: EvalSettings, camera_height_m: Optional[float] = None,
+                        pose_topic: str = "", max_frames: int = 0, progress: bool = True) -> dict:
+    """Depth as the node publishes it, scored without median scaling, beside the median-scaled AbsRel.
+
+    The node's scale is the model's (``camera_height_m`` None: the sidecar's ``depth_scale``) or the online
+    camera-height filter of :class:`spidepth_ros.metric_scale.CameraHeightScale`, fed frame by frame in
+    recording order exactly as the node does. Also reports the frame-to-frame scale consistency
+    (:func:`spidepth_ros.metrics.scale_consistency`: with the recorded motion from ``pose_topic`` when given) of
+    the published depth and, with a camera height, of each frame's own floor-fit scale (the unfiltered one).
+    """
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from spidepth_ros.bagio import BagError, read_camera_info, read_poses
+    from spidepth_ros.geometry import interpolate_pose
+    from spidepth_ros.metric_scale import CameraHeightScale
+    from spidepth_ros.metrics import scale_consistency
+
+    calib = read_camera_info(bags, camera_info_topic)
+    if calib is None or calib.problem():
+        raise BagError(f"the node's scale needs the camera's intrinsics: {camera_info_topic!r} has no valid "
+                       "CameraInfo in the bag(s) (set --camera-info-topic)")
+    model_scale = estimator.metadata.depth_scale
+    tracker = CameraHeightScale(camera_height_m, model_scale) if camera_height_m else None
+    poses = read_poses(bags, pose_topic) if pose_topic else None
+    gt = load_ground_truth(bags, depth_topic)
+    gt_stamps = np.array(sorted(gt), dtype=np.int64)
+    fixed = dataclasses.replace(settings, median_scaling=False, fixed_scale=1.0)
+    rows, published, floor_scaled, world_t_cam, intr = [], [], [], [], None
+    for stamp, rgb in tqdm(iter_images(bags, image_topic), disable=not progress, desc="node scale", unit="frame"):
+        depth = estimator.infer(rgb).depth
+        h, w = depth.shape
+        intr = estimator.preprocessor.output_intrinsics(calib.intrinsics.resized(rgb.shape[1], rgb.shape[0]), w, h)
+        if tracker is not None:
+            report = tracker.update(depth, intr, stamp * 1e-9)
+            scale, frame_scale = report.scale, report.frame_scale
+        else:
+            scale, frame_scale = model_scale, None
+        published.append(depth * scale)
+        floor_scaled.append(depth * frame_scale if frame_scale is not None else np.full_like(depth, np.nan))
+        if poses is not None:
+            pose = interpolate_pose(poses[0], poses[1], stamp, 100_000_000)
+            world_t_cam.append(pose if pose is not None else np.full((4, 4), np.nan))
+        match = match_stamp(stamp, gt_stamps, 0)
+        if match is not None:
+            node = evaluate_frame(gt[match], depth * scale, fixed)
+            median = evaluate_frame(gt[match], depth, settings)
+            if node is not None and median is not None:
+                rows.append({"stamp_ns": stamp, "node_abs_rel": node["abs_rel"], "node_a1": node["a1"],
+                             "abs_rel": median["abs_rel"], "applied_scale": scale,
+                             "oracle_scale": median["scale"] * 1.0})
+        if max_frames and len(published) >= max_frames:
+            break
+    relative = None
+    if poses is not None:
+        relative = [np.linalg.inv(world_t_cam[i + 1]) @ world_t_cam[i] for i in range(len(world_t_cam) - 1)]
+    out = {"frames": len(rows), "camera_height": camera_height_m or 0.0,
+           "node_abs_rel": float(np.mean([r["node_abs_rel"] for r in rows])) if rows else float("nan"),
+           "node_a1": float(np.mean([r["node_a1"] for r in rows])) if rows else float("nan"),
+           "abs_rel": float(np.mean([r["abs_rel"] for r in rows])) if rows else float("nan"),
+           "published_consistency": scale_consistency(published, relative, intr),
+           "rows": rows}
+    if tracker is not None:
+        out["floor_fit_consistency"] = scale_consistency(floor_scaled, relative, intr)
+    return out
+
+
+def format_node_scale(result: dict) -> str:
+    pub = result["published_consistency"]
+    source = f"camera height {result['camera_height']:g} m" if result["camera_height"] else "the model scale"
+    lines = [f"with the node's own scale ({source}), no median scaling: abs_rel {result['node_abs_rel']:.4f}, "
+             f"a1 {result['node_a1']:.4f}; median-scaled abs_rel {result['abs_rel']:.4f} ({result['frames']} frames)",
+             f"frame-to-frame scale consistency of the published depth: p95 |log ratio| "
+             f"{pub['p95_abs_log_ratio']:.4f} over {pub['pairs']} pairs"]
+    if "floor_fit_consistency" in result:
+        fit = result["floor_fit_consistency"]
+        lines.append(f"  each frame's own floor-fit scale (unfiltered): p95 |log ratio| "
+                     f"{fit['p95_abs_log_ratio']:.4f} over {fit['pairs']} pairs")
+    return "\n".join(lines)
+
+
 def write_depth_scale(model: Path, scale: float) -> Path:
     """Store ``scale`` as the model's depth_scale: in the sidecar of an .onnx/.engine, in a .pt checkpoint."""
     import dataclasses
@@ -156,7 +239,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--camera-info-topic", default="/camera/camera_info", help="intrinsics for --camera-height")
     p.add_argument("--write-scale", action="store_true",
                    help="with --camera-height: store the scale in the model (sidecar or .pt) for the node to use")
+    p.add_argument("--node-scale", choices=("model", "camera_height"),
+                   help="also score depth with the scale the node would apply (no median scaling): the model's, or "
+                        "the online floor fit against --camera-height; prints frame-to-frame scale consistency")
+    p.add_argument("--pose-topic", default="",
+                   help="recorded camera poses for the scale consistency (same surfaces warped by the true motion)")
     args = p.parse_args(argv)
+    if args.node_scale:
+        if args.node_scale == "camera_height" and not args.camera_height:
+            p.error("--node-scale camera_height needs --camera-height METRES")
+        settings = EvalSettings(args.min_depth, args.max_depth, crop=GARG_CROP if args.garg_crop else None)
+        with create_estimator(args.model, backend=args.backend, precision=args.precision, log=print) as estimator:
+            result = evaluate_node_scale(estimator, args.bags, args.image_topic, args.depth_topic,
+                                         args.camera_info_topic, settings,
+                                         args.camera_height if args.node_scale == "camera_height" else None,
+                                         args.pose_topic, args.max_frames, progress=not args.no_progress)
+        print(format_node_scale(result))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "node_scale.json").write_text(json.dumps(result, indent=2))
+        return 0
     if args.camera_height is not None:
         estimator = create_estimator(args.model, backend=args.backend, precision=args.precision, log=print)
         with estimator:

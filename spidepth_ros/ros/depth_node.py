@@ -3,8 +3,12 @@
 Subscribes (SensorDataQoS, overridable): ``image`` (sensor_msgs/Image) or ``image/compressed``, and
 ``camera_info``. Publishes (reliable, depth 5, overridable), stamped with the input header:
 ``depth/image`` (32FC1 metres, NaN invalid, REP 118), ``depth/camera_info`` (for the published size),
-``depth/points`` (organized PointCloud2, depth_image_proc layout), ``depth/colored`` (bgr8) and
-``/diagnostics`` (in every state).
+``depth/points`` (organized PointCloud2, depth_image_proc layout, flying pixels filtered), ``depth/colored``
+(bgr8) and ``/diagnostics`` (in every state). With ``cameras: [front, rear]`` each camera has these topics
+under its namespace (:class:`~spidepth_ros.ros.camera_stream.CameraStream`) and one model serves all of them.
+
+Metres come from the model's scale, or (``scale_source: camera_height``) from every frame's floor fitted
+against the camera's known height, filtered over time (:mod:`spidepth_ros.metric_scale`).
 
 Lifecycle (``rclpy.lifecycle``; the standard ``~/change_state``/``~/get_state`` services, so nav2's lifecycle
 manager or ``ros2 lifecycle set`` drive it): *configure* loads and checks the model and creates the publishers,
@@ -28,11 +32,9 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
@@ -44,83 +46,56 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from ..camera_model import CameraCalibration, Rectifier
 from ..encodings import ImageDecodeError
-from ..geometry import PinholeIntrinsics
-from ..pipeline import DepthPipeline
+from ..pipeline import CloudOptions, DepthPipeline
 from ..runtime import check_model_file, create_estimator
-from ..stream_stats import RateWindow, StampGapCounter
-from .conversions import camera_info_msg, cloud_msg, image_msg, rgb_from_compressed_msg, rgb_from_image_msg
+from .camera_stream import CAMERA_INFO_GRACE_S, OUTPUTS, RATE_WINDOW_S, CameraStream, FrameStats  # noqa: F401 (re-exported)
+from .conversions import rgb_from_compressed_msg, rgb_from_image_msg
 from .params import NodeParams, ParameterError, declare_parameters
 
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 #: How often lazy mode looks at the outputs' subscriber counts to (un)subscribe the input. rclpy has no
 #: matched-subscription callback that works across RMWs, so poll, as image_pipeline's connect callbacks do.
 LAZY_POLL_PERIOD_S = 0.5
-#: Window of the rates reported in /diagnostics.
-RATE_WINDOW_S = 5.0
 #: Seconds a worker gets to finish its frame when the node stops.
 WORKER_JOIN_TIMEOUT_S = 10.0
 #: How long a refused hot swap waits for rclpy to store the refused model_path before putting the old one back.
 PARAMETER_STORE_TIMEOUT_S = 5.0
-#: Seconds of frames without any camera_info before the node warns that it publishes depth only: the first
-#: image often arrives just before the first camera_info of a camera that sends both.
-CAMERA_INFO_GRACE_S = 2.0
 
 
 class StartupError(RuntimeError):
     """configure or activate failed at start-up; the message is the reason."""
 
 
-class FrameStats:
-    """Counters, recent rates and latencies for /diagnostics (written by the executor and worker threads)."""
-
-    def __init__(self) -> None:
-        self.received = self.processed = self.dropped = self.bad = self.camera_info_refused = 0
-        self.latencies_ms: deque = deque(maxlen=100)
-        self.inference_ms: deque = deque(maxlen=100)
-        self.input_rate = RateWindow(RATE_WINDOW_S)
-        self.output_rate = RateWindow(RATE_WINDOW_S)
-        self.gaps = StampGapCounter()
-        # monotonic time of the newest image; apart from the rate window, which forgets images older than it
-        self.last_image: Optional[float] = None
-
-
 class DepthNode(LifecycleNode):
     def __init__(self, node_name: str = "depth_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        self.stats = FrameStats()
         self.pipeline: Optional[DepthPipeline] = None
         self.active_model_path = ""
         self.model_status = "not loaded"     # what /diagnostics says about the running model
         self.models_refused = 0              # model_path changes refused since start (hot swaps that failed)
         self.last_model_refusal = ""         # the newest of them: path and reason
         self._loading_path = ""              # the model a hot swap is loading ("" when none)
-        self._no_info_since: Optional[float] = None   # first frame processed without any camera_info
         self.last_error = ""                 # why the last transition failed
         self.state_label = "unconfigured"
-        self._calib: Optional[CameraCalibration] = None
-        self._calib_problem = ""
-        self._rectifier = Rectifier()
         self._warned_once: set[str] = set()
-        self._mailbox = None
         self._cond = threading.Condition()
         self._pipeline_lock = threading.Lock()       # held while a frame is processed: a model swap waits for it
         self._model_change_lock = threading.Lock()   # one parameter change at a time decides on a model load
         self._running = False
         self._worker: Optional[threading.Thread] = None
         self._loader: Optional[threading.Thread] = None
-        self._input_sub = None
-        self._info_sub = None
-        self._pubs: dict = {}
         self._lazy_timer = None
+        self._tf_buffer = None                       # tf2_ros buffer for base_frame (camera height from TF)
         self._activated_at: Optional[float] = None
         self._diag_timer = None
         self._starting_up = False
+        self.cameras: list[CameraStream] = []        # (empty until the parameters are read: stop() may run first)
         self.params: NodeParams = declare_parameters(self)     # ParameterError: one line naming the parameter
+        self.cameras = [CameraStream(prefix, self._warn) for prefix in self.params.cameras]
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # diagnostics exist in every state, so a manager sees why a node is not active
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -137,16 +112,10 @@ class DepthNode(LifecycleNode):
         self.pipeline = pipeline
         self.active_model_path = self.params.model_path
         overrides = QoSOverridingOptions.with_default_policies()
-        self._pubs = {
-            "depth": self.create_lifecycle_publisher(Image, "depth/image", OUTPUT_QOS,
-                                                     qos_overriding_options=overrides),
-            "info": self.create_lifecycle_publisher(CameraInfo, "depth/camera_info", OUTPUT_QOS,
-                                                    qos_overriding_options=overrides),
-            "points": self.create_lifecycle_publisher(PointCloud2, "depth/points", OUTPUT_QOS,
-                                                      qos_overriding_options=overrides),
-            "colored": self.create_lifecycle_publisher(Image, "depth/colored", OUTPUT_QOS,
-                                                       qos_overriding_options=overrides),
-        }
+        for cam in self.cameras:
+            cam.pubs = {key: self.create_lifecycle_publisher(msg_type, cam.topic(topic), OUTPUT_QOS,
+                                                             qos_overriding_options=overrides)
+                        for key, msg_type, topic in OUTPUTS}
         self.last_error = ""
         self.state_label = "inactive"
         return TransitionCallbackReturn.SUCCESS
@@ -155,9 +124,11 @@ class DepthNode(LifecycleNode):
         ret = super().on_activate(state)                 # enables the lifecycle publishers
         if ret != TransitionCallbackReturn.SUCCESS:
             return ret
-        self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
-                                                  qos_profile_sensor_data,
-                                                  qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        for cam in self.cameras:
+            cam.info_sub = self.create_subscription(
+                CameraInfo, cam.topic("camera_info"), lambda msg, c=cam: c.on_camera_info(msg, self.params.rectify),
+                qos_profile_sensor_data, qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        self._start_tf()
         with self._cond:
             self._running = True
         self._worker = threading.Thread(target=self._work_loop, name="spidepth_inference", daemon=True)
@@ -224,13 +195,15 @@ class DepthNode(LifecycleNode):
         if self._lazy_timer is not None:
             self.destroy_timer(self._lazy_timer)
             self._lazy_timer = None
-        for sub in (self._input_sub, self._info_sub):
-            if sub is not None:
-                self.destroy_subscription(sub)
-        self._input_sub = self._info_sub = None
+        for cam in self.cameras:
+            for sub in (cam.input_sub, cam.info_sub):
+                if sub is not None:
+                    self.destroy_subscription(sub)
+            cam.input_sub = cam.info_sub = None
         with self._cond:
             self._running = False
-            self._mailbox = None
+            for cam in self.cameras:
+                cam.mailbox = None
             self._cond.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=WORKER_JOIN_TIMEOUT_S)
@@ -240,9 +213,10 @@ class DepthNode(LifecycleNode):
         if self._loader is not None:
             self._loader.join()
             self._loader = None
-        for pub in self._pubs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._pubs = {}
+        for cam in self.cameras:
+            for pub in cam.pubs.values():
+                self.destroy_lifecycle_publisher(pub)
+            cam.pubs = {}
         with self._pipeline_lock:
             pipeline, self.pipeline = self.pipeline, None
         if pipeline is not None:
@@ -344,60 +318,71 @@ class DepthNode(LifecycleNode):
         return p.depth_scale if p.depth_scale > 0 else estimator.metadata.depth_scale
 
     # subscriptions -----------------------------------------------------------------------------------------
-    def _has_listeners(self) -> bool:
-        return any(pub.get_subscription_count() > 0 for pub in self._pubs.values())
-
     def _update_input_subscription(self) -> None:
-        """Subscribe to the image only while it is needed (lazy): no deserialisation with nobody listening."""
-        want = self._running and (not self.params.lazy or self._has_listeners())
-        if want and self._input_sub is None:
-            overrides = QoSOverridingOptions.with_default_policies()
-            if self.params.input_transport == "compressed":
-                self._input_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_compressed,
-                                                           qos_profile_sensor_data, qos_overriding_options=overrides)
-            else:
-                self._input_sub = self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data,
-                                                           qos_overriding_options=overrides)
-        elif not want and self._input_sub is not None:
-            self.destroy_subscription(self._input_sub)
-            self._input_sub = None
+        """Subscribe to each camera's image only while it is needed (lazy): no deserialisation with nobody
+        listening to that camera's outputs."""
+        overrides = QoSOverridingOptions.with_default_policies()
+        for cam in self.cameras:
+            want = self._running and (not self.params.lazy or cam.has_listeners())
+            if want and cam.input_sub is None:
+                if self.params.input_transport == "compressed":
+                    cam.input_sub = self.create_subscription(
+                        CompressedImage, cam.topic("image/compressed"),
+                        lambda msg, c=cam: c.post(msg, "compressed", self._cond), qos_profile_sensor_data,
+                        qos_overriding_options=overrides)
+                else:
+                    cam.input_sub = self.create_subscription(
+                        Image, cam.topic("image"), lambda msg, c=cam: c.post(msg, "raw", self._cond),
+                        qos_profile_sensor_data, qos_overriding_options=overrides)
+            elif not want and cam.input_sub is not None:
+                self.destroy_subscription(cam.input_sub)
+                cam.input_sub = None
 
     @property
     def input_subscribed(self) -> bool:
-        return self._input_sub is not None
+        """The first camera's image is subscribed (tests and single-camera use)."""
+        return self.cameras[0].input_sub is not None
 
-    # callbacks (executor thread: cheap, never raise) -------------------------------------------------------
-    def _post(self, msg, kind: str) -> None:
-        now = time.monotonic()
-        self.stats.last_image = now
-        self.stats.input_rate.add(now)
-        self.stats.gaps.add(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
-        with self._cond:
-            self.stats.received += 1
-            if self._mailbox is not None:
-                self.stats.dropped += 1          # newest frame wins
-            self._mailbox = (msg, kind, now)
-            self._cond.notify()
+    @property
+    def stats(self) -> FrameStats:
+        """The first camera's counters (each camera has its own: ``node.cameras[i].stats``)."""
+        return self.cameras[0].stats
 
-    def _on_image(self, msg: Image) -> None:
-        self._post(msg, "raw")
-
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        self._post(msg, "compressed")
-
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        try:
-            calib = CameraCalibration.from_msg(msg)
-            problem = calib.problem(rectify=self.params.rectify)
-        except (ValueError, TypeError) as exc:
-            calib, problem = None, f"camera_info cannot be read: {exc}"
-        if problem:
-            self.stats.camera_info_refused += 1
-            self._calib, self._calib_problem = None, problem
-            self._warn("bad_info", f"refusing camera_info: {problem}. Publishing depth only (no "
-                       "depth/camera_info, no cloud) until a valid one arrives")
+    def _start_tf(self) -> None:
+        """A TF listener when the camera height comes from TF (scale_source camera_height, camera_height 0)."""
+        p = self.params
+        if self._tf_buffer is not None or p.scale_source != "camera_height" or p.camera_height > 0 \
+                or not p.base_frame:
             return
-        self._calib, self._calib_problem = calib, ""
+        try:
+            from tf2_ros import Buffer, TransformListener
+        except ImportError:
+            self._warn("no_tf", f"base_frame {p.base_frame!r} needs tf2_ros, which is not installed: set "
+                       "camera_height (metres) instead; using the model's scale", once=True)
+            return
+        self._tf_buffer = Buffer()
+        self._tf_listener = TransformListener(self._tf_buffer, self)
+
+    def _camera_height(self, frame_id: str) -> Optional[float]:
+        """Metres of the camera's optical centre above the floor: the parameter, or TF (base_frame <- frame_id);
+        None for the model's own scale."""
+        p = self.params
+        if p.scale_source != "camera_height":
+            return None
+        if p.camera_height > 0:
+            return p.camera_height
+        if self._tf_buffer is None:
+            return None
+        from rclpy.time import Time
+
+        try:
+            tf = self._tf_buffer.lookup_transform(p.base_frame, frame_id, Time())
+        except Exception as exc:  # tf2 raises several lookup exception types
+            self._warn("tf", f"no transform {p.base_frame} <- {frame_id!r} ({type(exc).__name__}): using the last "
+                       "scale")
+            return None
+        height = float(tf.transform.translation.z)
+        return height if height > 0 else None
 
     # worker ------------------------------------------------------------------------------------------------
     def _warn(self, key: str, text: str, once: bool = False) -> None:
@@ -410,142 +395,122 @@ class DepthNode(LifecycleNode):
             self.get_logger().warning(text, throttle_duration_sec=self.params.warn_throttle)
 
     def _work_loop(self) -> None:
+        """Take every camera's newest frame (one batch) whenever at least one has arrived."""
         while True:
             with self._cond:
-                while self._running and self._mailbox is None:
+                while self._running and all(cam.mailbox is None for cam in self.cameras):
                     self._cond.wait(timeout=0.5)
                 if not self._running:
                     return
-                msg, kind, received = self._mailbox
-                self._mailbox = None
+                batch = [(cam, cam.mailbox) for cam in self.cameras if cam.mailbox is not None]
+                for cam, _ in batch:
+                    cam.mailbox = None
             try:
                 with self._pipeline_lock:
                     if self.pipeline is not None:
-                        self._process(self.pipeline, msg, kind, received)
+                        self._process(self.pipeline, batch)
             except Exception as exc:  # the node must survive anything a message can do
                 if not self._running or not self.context.ok():
                     return                       # stopping: not a bad frame
-                self.stats.bad += 1
+                for cam, _ in batch:
+                    cam.stats.bad += 1
                 self._warn("process", f"dropping frame: {type(exc).__name__}: {exc}")
 
-    def _camera_for(self, rgb: np.ndarray) -> tuple[Optional[PinholeIntrinsics], Optional[CameraCalibration],
-                                                    np.ndarray]:
-        """(pinhole model of the image the network sees, its calibration, that image) for one frame."""
-        calib = self._calib
-        if calib is None:
-            if not self._calib_problem:
-                now = time.monotonic()
-                if self._no_info_since is None:
-                    self._no_info_since = now
-                if now - self._no_info_since >= CAMERA_INFO_GRACE_S:
-                    self._warn("no_info", f"no camera_info received in {CAMERA_INFO_GRACE_S:g} s of images: "
-                               "publishing depth only (no depth/camera_info, no point cloud). Remap 'camera_info' "
-                               "to your camera's topic.", once=True)
-            return None, None, rgb
-        intr = calib.intrinsics
-        h, w = rgb.shape[:2]
-        if calib.distorted:
-            if self.params.rectify:
-                if (intr.width, intr.height) != (w, h):
-                    self._warn("rectify_size", f"cannot rectify: camera_info is for {intr.width}x{intr.height} but "
-                               f"images are {w}x{h}; publishing depth only")
-                    return None, None, rgb
-                rgb = self._rectifier(rgb, calib)
-            else:
-                self._warn("distorted", "camera_info has non-zero distortion D but rectify is off: depth assumes a "
-                           "rectified image; subscribe to image_rect, or set rectify:=true for image_raw", once=True)
-        if (intr.width, intr.height) != (w, h):
-            self._warn("info_size", f"camera_info is for {intr.width}x{intr.height} but images are {w}x{h}: "
-                       "scaling the intrinsics", once=True)
-            intr = intr.resized(w, h)
-        return intr, calib, rgb
-
-    def _process(self, pipeline: DepthPipeline, msg, kind: str, received: float) -> None:
+    def _process(self, pipeline: DepthPipeline, batch: list) -> None:
+        """Decode each camera's frame, infer them together, then scale, filter and publish each."""
         p = self.params
-        try:
-            rgb = rgb_from_compressed_msg(msg, p.max_image_bytes) if kind == "compressed" else \
-                rgb_from_image_msg(msg, p.max_image_bytes)
-        except (ImageDecodeError, ValueError) as exc:
-            self.stats.bad += 1
-            self._warn("decode", f"dropping bad image: {exc}")
+        frames = []
+        for cam, pending in batch:
+            msg = pending.msg
+            try:
+                rgb = rgb_from_compressed_msg(msg, p.max_image_bytes) if pending.kind == "compressed" else \
+                    rgb_from_image_msg(msg, p.max_image_bytes)
+            except (ImageDecodeError, ValueError) as exc:
+                cam.stats.bad += 1
+                cam.warn("decode", f"dropping bad image: {exc}")
+                continue
+            header = msg.header
+            if not header.frame_id:
+                if p.frame_id_override:
+                    header.frame_id = p.frame_id_override
+                else:
+                    cam.warn("frame", "input image has an empty frame_id; outputs keep it empty (set "
+                             "frame_id_override to the camera's optical frame)", once=True)
+            camera, calib, rgb = cam.camera_for(rgb, p.rectify)
+            frames.append((cam, pending, header, rgb, camera, calib))
+        if not frames:
             return
-        header = msg.header
-        if not header.frame_id:
-            if p.frame_id_override:
-                header.frame_id = p.frame_id_override
-            else:
-                self._warn("frame", "input image has an empty frame_id; outputs keep it empty (set "
-                           "frame_id_override to the camera's optical frame)", once=True)
-        camera, calib, rgb = self._camera_for(rgb)
-        lazy = p.lazy
-        want_cloud = p.publish_cloud and (not lazy or self._pubs["points"].get_subscription_count() > 0)
-        want_colored = p.publish_colored and (not lazy or self._pubs["colored"].get_subscription_count() > 0)
-        out = pipeline.process(rgb, camera, self._depth_scale(p, pipeline.estimator), p.min_range, p.max_range,
-                               want_cloud, p.cloud_stride, p.cloud_color, want_colored)
-        self._pubs["depth"].publish(image_msg(header, out.depth, "32FC1"))
-        if out.intrinsics is not None:
-            # P's Tx/Ty (-fx*baseline for a right stereo camera) scale with fx/fy: kept, so P stays exact
-            sx, sy = out.intrinsics.fx / calib.intrinsics.fx, out.intrinsics.fy / calib.intrinsics.fy
-            self._pubs["info"].publish(camera_info_msg(header, out.intrinsics, calib.tx * sx, calib.ty * sy))
-        if out.cloud is not None:
-            self._pubs["points"].publish(cloud_msg(header, out.cloud))
-        if out.colored is not None:
-            self._pubs["colored"].publish(image_msg(header, out.colored, "bgr8"))
-        self.stats.processed += 1
-        self.stats.output_rate.add(time.monotonic())
-        self.stats.latencies_ms.append((time.monotonic() - received) * 1e3)
-        self.stats.inference_ms.append(out.timings_ms["inference"])
-        logger = self.get_logger()
-        if logger.is_enabled_for(LoggingSeverity.DEBUG):      # format the per-frame line only when it is shown
-            logger.debug(f"frame {header.stamp.sec}.{header.stamp.nanosec:09d} {rgb.shape[1]}x{rgb.shape[0]}: " +
-                         ", ".join(f"{k} {v:.1f} ms" for k, v in out.timings_ms.items()))
+        results = pipeline.infer([f[3] for f in frames])
+        model_scale = self._depth_scale(p, pipeline.estimator)
+        options = CloudOptions(p.cloud_stride, p.cloud_color, p.edge_filter, p.edge_filter_depth, p.min_height,
+                               p.max_height)
+        for (cam, pending, header, rgb, camera, calib), result in zip(frames, results):
+            intr = pipeline.depth_intrinsics(result, camera)
+            scale, floor = cam.scale_for(result.depth, intr, model_scale, self._camera_height(header.frame_id))
+            want_cloud = p.publish_cloud and (not p.lazy or cam.listeners("points"))
+            want_colored = p.publish_colored and (not p.lazy or cam.listeners("colored"))
+            out = pipeline.finish(result, rgb, intr, scale, p.min_range, p.max_range, want_cloud, options,
+                                  want_colored, floor)
+            cam.publish(header, out, calib)
+            now = time.monotonic()
+            cam.stats.processed += 1
+            cam.stats.batched += len(frames) > 1 and pipeline.estimator.max_batch > 1
+            cam.stats.output_rate.add(now)
+            cam.stats.latencies_ms.append((now - pending.received) * 1e3)
+            cam.stats.inference_ms.append(out.timings_ms["inference"])
+            logger = self.get_logger()
+            if logger.is_enabled_for(LoggingSeverity.DEBUG):      # format the per-frame line only when shown
+                logger.debug(f"{cam.label} frame {header.stamp.sec}.{header.stamp.nanosec:09d} {rgb.shape[1]}x"
+                             f"{rgb.shape[0]}: scale {scale:.4g}, " +
+                             ", ".join(f"{k} {v:.1f} ms" for k, v in out.timings_ms.items()))
 
     # diagnostics -------------------------------------------------------------------------------------------
-    def diagnostic_status(self) -> DiagnosticStatus:
-        """Level and message from the state, the input's freshness and the model; rates over a recent window."""
-        s, p, now = self.stats, self.params, time.monotonic()
+    def diagnostic_status(self, camera: int = 0) -> DiagnosticStatus:
+        """One camera's status: level and message from the state, its input's freshness, the model and its
+        scale; rates over a recent window."""
+        cam = self.cameras[camera]
+        s, p, now = cam.stats, self.params, time.monotonic()
         pipeline = self.pipeline
         level, message = DiagnosticStatus.OK, self.state_label
         since_input = now - (s.last_image if s.last_image is not None else (self._activated_at or now))
+        report = cam.scale_report
         if self.state_label != "active":
             if self.last_error:
                 level, message = DiagnosticStatus.ERROR, f"{self.state_label}: {self.last_error}"
-        elif self._input_sub is None:
+        elif cam.input_sub is None:
             message = "idle: no subscribers, input unsubscribed (lazy)"
         elif since_input > p.input_timeout:
             level, message = DiagnosticStatus.WARN, f"no images for {since_input:.0f} s"
-        elif self._calib_problem:
-            level, message = DiagnosticStatus.WARN, f"running; {self._calib_problem}"
+        elif cam.calib_problem:
+            level, message = DiagnosticStatus.WARN, f"running; {cam.calib_problem}"
         elif self.models_refused:
             level = DiagnosticStatus.WARN
             message = (f"running {Path(self.active_model_path).name}; {self.models_refused} model(s) refused, the "
                        f"last {self.last_model_refusal}")
         elif self._loading_path:
             message = f"running; loading {self._loading_path}"
-        elif self._calib is None and "no_info" in self._warned_once:
+        elif cam.calib is None and any(k.startswith("no_info") for k in self._warned_once):
             message = "running; depth only: no camera_info received"
+        elif p.scale_source == "camera_height" and (report is None or report.age_s is None):
+            message = "running; scale from the model until a floor is seen"
+        elif report is not None and report.source == "held":
+            message = f"running; no floor in this frame: holding the scale of {report.age_s:.0f} s ago"
         else:
             message = "running"
-        lat = np.percentile(list(s.latencies_ms), [50, 95]) if s.latencies_ms else [float("nan")] * 2
-        inf_ms = float(np.mean(s.inference_ms)) if s.inference_ms else float("nan")
-        scale = self._depth_scale(p, pipeline.estimator) if pipeline is not None else p.depth_scale
-        values = (
-            ("state", self.state_label), ("model", self.model_status), ("models_refused", self.models_refused),
-            ("last_model_refusal", self.last_model_refusal), ("depth_scale", f"{scale:g}"),
-            ("rate_hz", f"{s.output_rate.rate(now):.2f}"), ("input_rate_hz", f"{s.input_rate.rate(now):.2f}"),
-            ("seconds_since_last_image", f"{since_input:.1f}"),
-            ("latency_p50_ms", f"{lat[0]:.1f}"), ("latency_p95_ms", f"{lat[1]:.1f}"),
-            ("inference_mean_ms", f"{inf_ms:.1f}"), ("received", s.received), ("processed", s.processed),
-            ("dropped_newest_wins", s.dropped), ("bad_messages", s.bad),
-            ("input_gaps_missing_frames", s.gaps.missing), ("camera_info_refused", s.camera_info_refused),
-            ("input_subscribed", self._input_sub is not None))
-        return DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: spidepth depth",
+        scale = report.scale if report is not None else \
+            self._depth_scale(p, pipeline.estimator) if pipeline is not None else p.depth_scale
+        values = [("state", self.state_label), ("camera", cam.label), ("model", self.model_status),
+                  ("models_refused", self.models_refused), ("last_model_refusal", self.last_model_refusal),
+                  ("scale_source", p.scale_source), ("depth_scale", f"{scale:g}"),
+                  *cam.diagnostic_values(now, since_input)]
+        name = f"{self.get_fully_qualified_name()}: spidepth depth" + (f" {cam.prefix}" if cam.prefix else "")
+        return DiagnosticStatus(level=level, name=name,
                                 hardware_id=pipeline.estimator.describe() if pipeline is not None else "",
                                 message=message, values=[KeyValue(key=k, value=str(v)) for k, v in values])
 
     def _publish_diagnostics(self) -> None:
         self._diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
-                                               status=[self.diagnostic_status()]))
+                                               status=[self.diagnostic_status(i) for i in range(len(self.cameras))]))
 
 
 class _Interrupted(BaseException):

@@ -17,6 +17,7 @@ OUTPUT_RESOLUTIONS = ("network", "input")
 INPUT_TRANSPORTS = ("raw", "compressed")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+CAMERA_NAMESPACE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*)?$")
 
 
 class ParameterError(ValueError):
@@ -36,8 +37,10 @@ class ParamSpec:
     @property
     def type_name(self) -> str:
         return {bool: "a boolean (true/false)", int: "an integer", float: "a double (write 80.0, not 80)",
-                str: "a string"}[type(self.default)]
+                str: "a string", list: "a string array (write [front, rear])"}[type(self.default)]
 
+
+SCALE_SOURCES = ("model", "camera_height")
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("model_path", "", "Model to run: a TensorRT .engine, an .onnx (with its .onnx.json sidecar), our "
@@ -73,6 +76,32 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("output_resolution", "network", "Publish depth at the network output size (H/2 x W/2, cheaper "
               "clouds) or at the input image size (pairs with depth_image_proc's xyzrgb).",
               choices=OUTPUT_RESOLUTIONS),
+    ParamSpec("cameras", [""], "Camera namespaces, relative to the node's: each gets <ns>/image (or "
+              "<ns>/image/compressed) and <ns>/camera_info in and <ns>/depth/{image,camera_info,points,colored} out, "
+              "with its own calibration, scale and diagnostics. One model serves them all (frames that arrive "
+              "together are inferred as one batch where the model takes one: spidepth-export --dynamic-batch). "
+              "[\"\"] = one camera on the node's own topics."),
+    ParamSpec("scale_source", "model", "Where metres come from: model = depth_scale (or the model's own); "
+              "camera_height = every frame's floor plane fitted in the predicted depth against the camera's known "
+              "height (camera_height, or base_frame through TF), filtered over time (a wrong fit is refused, the "
+              "last good scale held while no floor is visible; /diagnostics shows scale, spread and floor share).",
+              choices=SCALE_SOURCES, read_only=False),
+    ParamSpec("camera_height", 0.0, "Height of the camera's optical centre above the floor in metres, for "
+              "scale_source camera_height (0 = from TF with base_frame).", min_value=0.0, max_value=100.0,
+              read_only=False),
+    ParamSpec("base_frame", "", "With scale_source camera_height and camera_height 0: the frame whose z = 0 "
+              "plane is the floor (e.g. base_footprint); the camera's height is read from TF (needs tf2_ros)."),
+    ParamSpec("edge_filter", 0.1, "Flying-pixel filter for depth/points: drop a pixel whose depth jumps by more "
+              "than this fraction (of the nearer depth) to a neighbour: the interpolated veil between a near edge "
+              "and the wall behind. 0 = off. 0.1 removed 84 % of off-surface points and kept 97 % of the good ones "
+              "on synthetic scenes (docs/benchmarks.md).", min_value=0.0, max_value=10.0, read_only=False),
+    ParamSpec("edge_filter_depth", False, "Also set the flying pixels to NaN in depth/image (off: depth keeps "
+              "every pixel, only the cloud is filtered).", read_only=False),
+    ParamSpec("min_height", -100.0, "Cloud points lower than this above the fitted floor (metres) are dropped, when "
+              "the floor is known (scale_source camera_height). For a nav2 costmap 0.05 keeps the floor out of the "
+              "obstacles.", min_value=-1e4, max_value=1e4, read_only=False),
+    ParamSpec("max_height", 100.0, "Cloud points higher than this above the fitted floor (metres) are dropped, "
+              "when the floor is known.", min_value=-1e4, max_value=1e4, read_only=False),
     ParamSpec("depth_scale", 0.0, "Factor from model units to metres; 0 = the model's own scale (its sidecar's "
               "or checkpoint's depth_scale, 1.0 if it has none). Monocular self-supervised weights are "
               "scale-ambiguous: calibrate it (spidepth-eval --camera-height, or its median scale).",
@@ -114,6 +143,14 @@ class NodeParams:
     rectify: bool
     crop: str
     output_resolution: str
+    cameras: list
+    scale_source: str
+    camera_height: float
+    base_frame: str
+    edge_filter: float
+    edge_filter_depth: bool
+    min_height: float
+    max_height: float
     depth_scale: float
     min_range: float
     max_range: float
@@ -146,6 +183,16 @@ class NodeParams:
                                      f"{spec.max_value}]")
         if not DEVICE_PATTERN.match(self.device):
             raise ParameterError(f"parameter device={self.device!r} must be one of {DEVICE_CHOICES}")
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras) or \
+                not all(isinstance(c, str) and CAMERA_NAMESPACE.match(c) for c in self.cameras):
+            raise ParameterError(f"parameter cameras={self.cameras!r} must list distinct relative namespaces "
+                                 "(letters, digits, _ and /; [\"\"] for the node's own topics)")
+        if self.scale_source == "camera_height" and self.camera_height <= 0 and not self.base_frame:
+            raise ParameterError("parameter scale_source=camera_height needs camera_height (metres, > 0) or "
+                                 "base_frame (the camera's height from TF)")
+        if self.max_height <= self.min_height:
+            raise ParameterError(f"parameter max_height ({self.max_height}) must be greater than min_height "
+                                 f"({self.min_height})")
         if self.max_range <= self.min_range:
             raise ParameterError(f"parameter max_range ({self.max_range}) must be greater than min_range "
                                  f"({self.min_range})")
@@ -160,12 +207,14 @@ def declare_parameters(node) -> NodeParams:
     Raises :class:`ParameterError` (one line: the parameter and what it accepts) for a value of the wrong type
     or outside its range; an empty model_path is left for configure to refuse.
     """
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
     from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
     values = {}
     for spec in PARAMETERS:
         desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+        if isinstance(spec.default, list):
+            desc.type = ParameterType.PARAMETER_STRING_ARRAY
         if spec.choices:
             desc.additional_constraints = f"one of {list(spec.choices)}"
         if spec.min_value is not None:
@@ -178,7 +227,8 @@ def declare_parameters(node) -> NodeParams:
                 desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min_value),
                                                                 to_value=float(spec.max_value), step=0.0)]
         try:
-            values[spec.name] = node.declare_parameter(spec.name, spec.default, desc).value
+            value = node.declare_parameter(spec.name, spec.default, desc).value
+            values[spec.name] = list(value) if isinstance(spec.default, list) else value
         except InvalidParameterTypeException:
             raise ParameterError(f"parameter {_given(node, spec.name)} must be {spec.type_name}") from None
         except InvalidParameterValueException:

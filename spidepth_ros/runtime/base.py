@@ -110,6 +110,42 @@ class DepthEstimator(abc.ABC):
             raise ValueError("resolution must be 'network' or 'input'")
         return DepthResult(np.array(depth, dtype=np.float32, copy=True), prepared, (t2 - t1) * 1e3, (t1 - t0) * 1e3)
 
+    @property
+    def max_batch(self) -> int:
+        """Frames one call of :meth:`_run_batch` takes (1 unless the model has a dynamic batch dimension)."""
+        return 1
+
+    def infer_batch(self, rgbs: list, resolution: str = "network") -> list[DepthResult]:
+        """Several ``[H, W, 3]`` uint8 RGB frames (cameras of one robot) -> one :class:`DepthResult` each.
+
+        Backends whose model takes a batch (:attr:`max_batch` > 1) run the frames together; the result equals
+        :meth:`infer` frame by frame (tested), with each frame's ``inference_ms`` its share of the batch.
+        """
+        if len(rgbs) <= 1 or self.max_batch <= 1:
+            return [self.infer(rgb, resolution) for rgb in rgbs]
+        if resolution not in ("network", "input"):
+            raise ValueError("resolution must be 'network' or 'input'")
+        out: list[DepthResult] = []
+        for start in range(0, len(rgbs), self.max_batch):
+            chunk = rgbs[start:start + self.max_batch]
+            t0 = time.perf_counter()
+            prepared = [self.preprocessor.prepare(rgb) for rgb in chunk]
+            tensor = np.concatenate([p.tensor for p in prepared], axis=0)
+            t1 = time.perf_counter()
+            depths = self._run_batch(tensor)
+            t2 = time.perf_counter()
+            for i, prep in enumerate(prepared):
+                depth = depths[i, 0]
+                if resolution == "input":
+                    depth = depth_to_input_resolution(depth, prep)
+                out.append(DepthResult(np.array(depth, dtype=np.float32, copy=True), prep,
+                                       (t2 - t1) * 1e3 / len(chunk), (t1 - t0) * 1e3 / len(chunk)))
+        return out
+
+    def _run_batch(self, tensor: np.ndarray) -> np.ndarray:
+        """``[N, 3, H, W]`` -> ``[N, 1, H/2, W/2]``; only backends with :attr:`max_batch` > 1 are asked."""
+        raise NotImplementedError
+
     # to implement --------------------------------------------------------------------------------------
     @abc.abstractmethod
     def _start(self) -> None: ...

@@ -77,6 +77,15 @@ class OnnxRuntimeDepthEstimator(DepthEstimator):
     def _run(self, tensor: np.ndarray) -> np.ndarray:
         return self.session.run([self.metadata.output_name], {self.metadata.input_name: tensor})[0]
 
+    @property
+    def max_batch(self) -> int:
+        # an export with --dynamic-batch takes any batch; its sidecar's max_batch bounds what TensorRT profiles,
+        # ONNX Runtime is bounded only by memory: take the cameras of one robot together
+        return 16 if self.metadata.dynamic_batch else 1
+
+    def _run_batch(self, tensor: np.ndarray) -> np.ndarray:
+        return self._run(tensor)
+
     def describe(self) -> str:
         providers = self.session.get_providers() if self.session else self.providers()
         return f"onnxruntime ({providers[0]}, {self.metadata.precision})"

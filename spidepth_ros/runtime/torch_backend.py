@@ -53,5 +53,12 @@ class TorchDepthEstimator(DepthEstimator):
             x = torch.from_numpy(tensor).to(self.device, self.dtype)
             return self.model(x).float().cpu().numpy()
 
+    @property
+    def max_batch(self) -> int:
+        return 16                     # eager modules take any batch; several cameras run as one
+
+    def _run_batch(self, tensor: np.ndarray) -> np.ndarray:
+        return self._run(tensor)
+
     def describe(self) -> str:
         return f"torch ({self.device_name}{', fp16' if self.half else ''})"
