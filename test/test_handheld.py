@@ -112,15 +112,20 @@ def test_image_rotation_init_needs_the_measured_rotations(tmp_path):
         Trainer(cfg, torch.device("cpu"))
     with pytest.raises(ValueError, match="pose.init"):
         Trainer(config_from_dict({"pose": {"init": "gps"}}), torch.device("cpu"))
+    # no translation and no refinement to find one: the warp would ignore depth, so the run is refused
+    with pytest.raises(ValueError, match="refine_steps 0 the warp ignores depth"):
+        Trainer(config_from_dict({"pose": {"init": "image_rotation", "refine_steps": 0},
+                                  "data": {"max_frame_offset": 4}, "out_dir": str(tmp_path)}), torch.device("cpu"))
 
 
 def test_image_rotation_is_the_transform_the_refinement_starts_from(store, tmp_path):
-    """pose.init=image_rotation with 0 refinement steps: the warp uses exactly the measured rotation, and the
-    per-epoch rotation diagnostic reports that rotation's angle."""
+    """pose.init=image_rotation with a refinement of step size 0: the warp uses exactly the measured rotation, and
+    the per-epoch rotation diagnostic reports that rotation's angle."""
     from spidepth_ros.training.config import config_from_dict
     from spidepth_ros.training.trainer import Trainer
 
-    cfg = config_from_dict({"pose": {"init": "image_rotation"}, "data": {"max_frame_offset": 4},
+    cfg = config_from_dict({"pose": {"init": "image_rotation", "refine_steps": 1, "refine_lr_rotation": 0.0,
+                                     "refine_lr_translation": 0.0}, "data": {"max_frame_offset": 4},
                             "model": {"preset": "small_r18_96x320"}, "out_dir": str(tmp_path)})
     trainer = Trainer(cfg, torch.device("cpu"))
     batch = next(iter(torch.utils.data.DataLoader(TripletDataset([store], [(0, 2, 5, 8)], 320, 96,

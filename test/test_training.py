@@ -296,21 +296,30 @@ def test_training_cli_end_to_end_with_tensorboard(bags, tmp_path):
     assert f"best.pt <- epoch {best_epoch} (by val_abs_rel)" in run.stdout
 
 
+def parameters(net: torch.nn.Module) -> dict:
+    """A copy of a network's trainable parameters (not its buffers: BatchNorm statistics move on every forward
+    in train mode, so comparing state_dict() would call a network with no gradient 'learned')."""
+    return {k: v.detach().clone() for k, v in net.named_parameters()}
+
+
 def test_pose_warmup_trains_posenet_only(bags, tmp_path):
     """optim.pose_warmup_steps: the depth network (weights and BatchNorm statistics) is untouched, PoseNet moves;
     after the warm-up both train."""
     cfg = make_cfg(bags, tmp_path / "warm", pose_warmup_steps=2, max_steps=3)
     trainer, data = _trainer_and_data(cfg, tmp_path / "cache")
     depth0 = {k: v.clone() for k, v in trainer.depth_net.state_dict().items()}
-    pose0 = {k: v.clone() for k, v in trainer.pose_net.state_dict().items()}
     loader = torch.utils.data.DataLoader(data.train, batch_size=4)
     batches = iter(loader)
     for _ in range(2):
+        pose_before = parameters(trainer.pose_net)
         trainer.train_step(next(batches))
+        # PoseNet's weights moved (parameters only: BatchNorm buffers change on any forward in train mode)
+        assert any(not torch.equal(v, dict(trainer.pose_net.named_parameters())[k]) for k, v in pose_before.items())
+    # the frozen depth network: weights AND BatchNorm statistics untouched
     assert all(torch.equal(v, trainer.depth_net.state_dict()[k]) for k, v in depth0.items())
-    assert any(not torch.equal(v, trainer.pose_net.state_dict()[k]) for k, v in pose0.items())
+    depth_params = parameters(trainer.depth_net)
     trainer.train_step(next(batches))
-    assert any(not torch.equal(v, trainer.depth_net.state_dict()[k]) for k, v in depth0.items())
+    assert any(not torch.equal(v, dict(trainer.depth_net.named_parameters())[k]) for k, v in depth_params.items())
 
 
 def test_torchrun_two_processes_on_cpu(bags, tmp_path):
@@ -433,7 +442,7 @@ def test_pose_refinement_step_trains_depth_on_refined_poses_and_distils_posenet(
     base["pose"] = {"refine_steps": 3}
     cfg = config_from_dict(base)
     trainer, data = _trainer_and_data(cfg, tmp_path / "cache")
-    pose0 = {k: v.clone() for k, v in trainer.pose_net.state_dict().items()}
+    pose0 = parameters(trainer.pose_net)
     batch = next(iter(torch.utils.data.DataLoader(data.train, batch_size=4)))
     out = trainer.train_step(batch)
     assert float(out["pose_distill"]) > 0 and torch.isfinite(out["loss"])
@@ -443,4 +452,4 @@ def test_pose_refinement_step_trains_depth_on_refined_poses_and_distils_posenet(
     # (its numbers against the truth: test_loss_oracle.py)
     saturated = float(out["refine_saturated_fraction"]) * 8
     assert 0 <= saturated <= 8 and saturated == pytest.approx(round(saturated))
-    assert any(not torch.equal(v, trainer.pose_net.state_dict()[k]) for k, v in pose0.items())
+    assert any(not torch.equal(v, dict(trainer.pose_net.named_parameters())[k]) for k, v in pose0.items())

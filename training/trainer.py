@@ -100,6 +100,11 @@ class Trainer:
         if cfg.pose.init == "image_rotation" and cfg.data.max_frame_offset <= 0:
             raise ValueError("pose.init=image_rotation needs the rotations measured into the frame cache: set "
                              "data.max_frame_offset > 0 (e.g. 16)")
+        if cfg.pose.init == "image_rotation" and cfg.pose.refine_steps <= 0:
+            # a zero translation makes the warp independent of depth: only smoothness would train it, to a flat map
+            raise ValueError("pose.init=image_rotation starts each pair with no translation, which pose.refine_steps "
+                             "must then find: with refine_steps 0 the warp ignores depth and training flattens "
+                             "it; set pose.refine_steps (e.g. 20) or pose.init=posenet")
         if cfg.pose.init == "recorded" and not cfg.data.pose_topic:
             raise ValueError("pose.init=recorded trains with the recording's own poses: set data.pose_topic")
         if cfg.loss.translation_scaling not in TRANSLATION_SCALINGS:

@@ -42,9 +42,12 @@ def scale_translation_by_mean_inverse_depth(translation: torch.Tensor, depth: to
     """PoseNet translation ``[B, ..., 3]`` x mean inverse target depth -> ``[B, 3]`` (upstream trainer's rule).
 
     The official ``trainer.generate_images_pred`` does this for its ``posecnn`` PoseNet without stereo (after
-    arXiv 1712.00175): the network predicts translation relative to the scene's depth, so the warp stays
-    consistent while the depth network's overall scale drifts. ``depth``: ``[B, 1, H, W]``; not detached, as
-    upstream (the depth gets gradient through this too).
+    arXiv 1712.00175): PoseNet's output is read as translation relative to the scene's depth. It does *not* make
+    the warp independent of the depth's scale: with depth x s the translation becomes t / s while the points are
+    s times farther, so the translation's share of the image motion changes by 1/s^2 (the rotation's not at
+    all). We keep it for parity with the official trainer (test_official_loss_parity.py);
+    ``loss.translation_scaling: none`` turns it off. ``depth``: ``[B, 1, H, W]``; not detached, as upstream
+    (the depth gets gradient through this too).
     """
     mean_inv_depth = (1.0 / depth).mean(dim=(2, 3)).reshape(-1, 1)
     return translation.reshape(-1, 3) * mean_inv_depth
