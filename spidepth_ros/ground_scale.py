@@ -8,6 +8,7 @@ image; frames without a floor plane are skipped.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -44,6 +45,7 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
     points = points[np.all(np.isfinite(points), axis=1)]
     if len(points) < 50:
         return None
+    points = points.astype(np.float64, copy=False)
     cos_tilt = np.cos(np.radians(max_tilt_deg))
     triples = points[rng.integers(0, len(points), (iterations, 3))]              # [K, 3 points, 3]
     normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])
@@ -56,12 +58,15 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iterations: i
     if not ok.any():
         return None
     normals, d = normals[ok], d[ok]
-    counts = np.count_nonzero(np.abs(points @ normals.T - d) < rel_tolerance * d, axis=0)
+    # scoring is most of the cost: float32 halves it (a count of inliers needs no more precision)
+    residual = points.astype(np.float32) @ normals.T.astype(np.float32) - d.astype(np.float32)
+    counts = np.count_nonzero(np.abs(residual) < (rel_tolerance * d).astype(np.float32), axis=0)
     best = int(np.argmax(counts))
     n, dist = normals[best], d[best]
     inliers = points[np.abs(points @ n - dist) < rel_tolerance * dist]
     centroid = inliers.mean(axis=0)
-    normal = np.linalg.svd(inliers - centroid, full_matrices=False)[2][-1]
+    centred = inliers - centroid
+    normal = np.linalg.eigh(centred.T @ centred)[1][:, 0]     # least-squares normal: smallest eigenvector
     if normal[1] < 0:
         normal = -normal
     distance = float(normal @ centroid)
@@ -72,9 +77,11 @@ def floor_plane(depth: np.ndarray, intrinsics: PinholeIntrinsics, rng: np.random
                 stride: int = 2, iterations: int = 200) -> Optional[GroundPlane]:
     """The floor in ``depth`` (its units), fitted in the lower image, or None when no floor is visible."""
     h = depth.shape[0]
-    top = int(FLOOR_ROWS_FROM * h)
-    points = backproject(depth, intrinsics, stride)[top // stride:].reshape(-1, 3)
-    plane = fit_ground_plane(points.astype(np.float64), rng, iterations)
+    top = (int(FLOOR_ROWS_FROM * h) // stride) * stride
+    # only the rows searched: the same pixels as backprojecting all and slicing, a third of the work
+    lower = dataclasses.replace(intrinsics, cy=intrinsics.cy - top, height=h - top)
+    points = backproject(depth[top:], lower, stride).reshape(-1, 3)
+    plane = fit_ground_plane(points, rng, iterations)
     if plane is None or plane.inlier_fraction < MIN_INLIER_FRACTION:
         return None
     return plane

@@ -871,3 +871,43 @@ def test_two_cameras_one_node_match_single_camera_inference(ros_context, small_c
         node.destroy_node()
         left.node.destroy_node()
         right.node.destroy_node()
+
+
+def test_camera_height_from_tf_where_tf2_ros_exists(ros_context, small_onnx):
+    """scale_source camera_height with base_frame: the camera's height is read from TF (a static transform
+    base_footprint -> cam_optical 1.5 m up); without tf2_ros (this machine) the parameter path warns and keeps the
+    model's scale."""
+    from spidepth_ros.synth import CAMERA_HEIGHT, SynthConfig, render_sequence
+
+    node = start_node(ros_context, small_onnx, "depth_node", namespace="tf_height", scale_source="camera_height",
+                      base_frame="base_footprint", min_range=0.0, max_range=1e4)
+    harness = Harness(ros_context, namespace="tf_height")
+    spinner = Spinner(ros_context, node, harness.node)
+    try:
+        try:
+            import tf2_ros  # noqa: F401
+        except ImportError:
+            assert "no_tf" in node._warned_once and node._camera_height("cam_optical") is None
+            pytest.skip("tf2_ros is not installed here: the TF path is checked where it is")
+        from geometry_msgs.msg import TransformStamped
+        from tf2_ros.static_transform_broadcaster import StaticTransformBroadcaster
+
+        tf = TransformStamped()
+        tf.header.frame_id, tf.child_frame_id = "base_footprint", "cam_optical"
+        tf.transform.translation.z = CAMERA_HEIGHT
+        # optical frame (z forward, y down) of a level camera: x_opt = -y_base, y_opt = -z_base, z_opt = x_base
+        tf.transform.rotation.x, tf.transform.rotation.y, tf.transform.rotation.z, tf.transform.rotation.w = \
+            -0.5, 0.5, -0.5, 0.5
+        StaticTransformBroadcaster(harness.node).sendTransform(tf)
+        assert wait_for(lambda: node._camera_height("cam_optical") == pytest.approx(CAMERA_HEIGHT), 10)
+        cfg = SynthConfig(width=W, height=H, frames=3, seed=9)
+        for i, frame in enumerate(render_sequence(cfg)):
+            stamp = 130_000_000_000 + i
+            harness.send(stamp, harness.rgb_image(stamp, frame.rgb), info=harness.camera_info(
+                stamp, fx=cfg.intrinsics.fx, fy=cfg.intrinsics.fy, cx=cfg.intrinsics.cx, cy=cfg.intrinsics.cy))
+            assert wait_for(lambda: stamp in harness.depth)
+        assert node.cameras[0].scale_report is not None and node.cameras[0].scale_report.age_s is not None
+    finally:
+        spinner.stop()
+        node.destroy_node()
+        harness.node.destroy_node()
