@@ -385,3 +385,44 @@ def test_interpolate_pose_halfway_is_half_the_yaw_and_half_the_way():
     np.testing.assert_allclose(mid[:3, 3], [1.0, 0.0, 2.0])
     assert interpolate_pose(np.array([0, 100]), np.stack([a, b]), 50, 99) is None     # gap too long
     assert interpolate_pose(np.array([0, 100]), np.stack([a, b]), 150, 1000) is None   # no extrapolation
+
+
+def test_posenet_learns_from_the_refined_poses_in_the_image_rotation_recipe(store, tmp_path):
+    """pose.init=image_rotation + refinement (the hand-held recipe): the distillation term compares PoseNet's own
+    transforms with the refined ones, so PoseNet's parameters get a gradient from it (they had none when the
+    term compared the image-rotation start with its refinement)."""
+    from spidepth_ros.training.config import config_from_dict
+    from spidepth_ros.training.trainer import Trainer
+
+    cfg = config_from_dict({"pose": {"init": "image_rotation", "refine_steps": 2}, "data": {"max_frame_offset": 4},
+                            "model": {"preset": "small_r18_96x320"}, "out_dir": str(tmp_path)})
+    trainer = Trainer(cfg, torch.device("cpu"))
+    batch = next(iter(torch.utils.data.DataLoader(TripletDataset([store], [(0, 2, 5, 8)], 320, 96,
+                                                                 augment=False), batch_size=1)))
+    out = trainer.compute_loss(batch)
+    trainer.pose_net.zero_grad()
+    out["loss"].backward()            # the warp uses the image rotation: PoseNet appears only in the distillation
+    grads = [p.grad for p in trainer.pose_net.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_the_distillation_does_not_move_the_depth(store, tmp_path):
+    """The depth network's gradient is the same with and without the distillation term: it teaches PoseNet only
+    (the depth inside PoseNet's translation scaling is detached there)."""
+    from spidepth_ros.training.config import config_from_dict
+    from spidepth_ros.training.trainer import Trainer
+
+    batch = next(iter(torch.utils.data.DataLoader(TripletDataset([store], [(0, 2, 5, 8)], 320, 96,
+                                                                 augment=False), batch_size=1)))
+    grads = []
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        cfg = config_from_dict({"pose": {"init": "image_rotation", "refine_steps": 2, "distill_weight": weight},
+                                "data": {"max_frame_offset": 4}, "model": {"preset": "small_r18_96x320"},
+                                "out_dir": str(tmp_path / str(weight))})
+        trainer = Trainer(cfg, torch.device("cpu"))
+        out = trainer.compute_loss(batch)
+        out["loss"].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.depth_net.parameters() if p.grad is not None]))
+        assert float(out["pose_distill"]) > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)

@@ -152,15 +152,20 @@ class Trainer:
             # pairs always in temporal order; the previous frame's pose is inverted (reference section 3)
             aa_p, t_p = pose(torch.cat([b["prev_aug"], b["target_aug"]], 1))
             aa_n, t_n = pose(torch.cat([b["target_aug"], b["next_aug"]], 1))
-        t_p, t_n = t_p.float(), t_n.float()
-        if "stereo" not in b and self.cfg.loss.translation_scaling == "mean_inverse_depth":
+        raw_p, raw_n = t_p.float(), t_n.float()
+        scaled = "stereo" not in b and self.cfg.loss.translation_scaling == "mean_inverse_depth"
+
+        def posenet_pair(depth_for_scale: torch.Tensor) -> tuple[list, torch.Tensor, torch.Tensor]:
+            """PoseNet's (prev, next) transforms and translations in the warp's units."""
             # upstream scales PoseNet's translation by the target's mean inverse depth unless training with
             # stereo, whose metric baseline fixes the scale instead
-            t_p = scale_translation_by_mean_inverse_depth(t_p, depth.float())
-            t_n = scale_translation_by_mean_inverse_depth(t_n, depth.float())
-        transforms = [pose_from_axis_angle(aa_p.float(), t_p, invert=True),
-                      pose_from_axis_angle(aa_n.float(), t_n, invert=False)]
-        posenet_transforms = transforms
+            tp = scale_translation_by_mean_inverse_depth(raw_p, depth_for_scale) if scaled else raw_p
+            tn = scale_translation_by_mean_inverse_depth(raw_n, depth_for_scale) if scaled else raw_n
+            return [pose_from_axis_angle(aa_p.float(), tp, invert=True),
+                    pose_from_axis_angle(aa_n.float(), tn, invert=False)], tp, tn
+
+        transforms, t_p, t_n = posenet_pair(depth.float())
+        posenet_transforms = transforms          # PoseNet's own, whatever the warp ends up using
         if self.cfg.pose.init == "recorded" and "recorded_transform" in b:
             # metric poses from SLAM / mocap / odometry where all three frames have one, PoseNet's elsewhere
             has = b["has_recorded"].view(-1, 1, 1)
@@ -181,7 +186,12 @@ class Trainer:
                                            self.cfg.loss.ssim_alpha, self.cfg.loss.ssim_window)
             refined = refinement.transforms
             refine_saturated = refinement.saturated.float().mean()
-            distill = sum((t[:, :3, :] - r[:, :3, :]).abs().mean() for t, r in zip(transforms, refined))
+            # PoseNet learns the refined poses: its own transforms (not the image-rotation start, in which it
+            # does not appear) against the refined ones, in the warp's units (its translation scaled by the
+            # target's mean inverse depth as above, so its output is relative to the scene's depth). The depth
+            # in that scale is detached: the distillation teaches PoseNet, it must not move the depth
+            distill = sum((t[:, :3, :] - r[:, :3, :].detach()).abs().mean()
+                          for t, r in zip(posenet_pair(depth.detach().float())[0], refined))
             transforms = refined
             t_p, t_n = refined[0][:, :3, 3], refined[1][:, :3, 3]      # what the warp uses, for the diagnostics
         if "stereo" in b:                  # the 's' frame: a known, fixed transform, no PoseNet
