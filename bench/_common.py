@@ -32,3 +32,29 @@ def time_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> np.
 
 def p50_p95(samples: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 95))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory (VmRSS) of process ``pid`` in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def random_small_onnx(folder, dynamic_batch: bool = False):
+    """The small preset with random weights (seed 0), exported to ``folder/small.onnx`` (+ sidecar)."""
+    from pathlib import Path
+
+    import torch
+
+    from spidepth_ros.checkpoint import save_checkpoint
+    from spidepth_ros.export import export_onnx
+    from spidepth_ros.models import build_depth_net
+    from spidepth_ros.presets import get_preset
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    preset = get_preset("small_r18_96x320")
+    save_checkpoint(folder / "small.pt", preset, build_depth_net(preset).eval())
+    onnx_path, _ = export_onnx(folder / "small.pt", folder / "small.onnx", dynamic_batch=dynamic_batch,
+                               max_batch=4 if dynamic_batch else 1)
+    return onnx_path

@@ -23,16 +23,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, random_small_onnx, rss_mb  # noqa: E402
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(100, 200)))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 CAMERAS = ("cam_a", "cam_b")
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 def node_process(onnx: Path, namespace: str, cameras: list[str]) -> subprocess.Popen:
@@ -100,18 +95,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import rclpy
-    import torch
 
-    from spidepth_ros.checkpoint import save_checkpoint
-    from spidepth_ros.export import export_onnx
-    from spidepth_ros.models import build_depth_net
-    from spidepth_ros.presets import get_preset
-
-    tmp = Path(tempfile.mkdtemp())
-    torch.manual_seed(0)
-    preset = get_preset("small_r18_96x320")
-    save_checkpoint(tmp / "small.pt", preset, build_depth_net(preset).eval())
-    onnx, _ = export_onnx(tmp / "small.pt", tmp / "small.onnx", dynamic_batch=True, max_batch=4)
+    onnx = random_small_onnx(tempfile.mkdtemp(), dynamic_batch=True)
     rclpy.init()
     feeder = rclpy.create_node("multi_camera_bench")
     try:

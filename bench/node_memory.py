@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, random_small_onnx, rss_mb  # noqa: E402
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(100, 200)))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -62,11 +62,6 @@ MINIMAL_NODE = textwrap.dedent("""
     while rclpy.ok():
         rclpy.spin_once(node, timeout_sec=0.1)
 """)
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 def feed(context_node, namespace: str, frames: int, width: int, height: int, timeout: float = 120.0) -> int:
@@ -107,18 +102,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import rclpy
-    import torch
 
-    from spidepth_ros.checkpoint import save_checkpoint
-    from spidepth_ros.export import export_onnx
-    from spidepth_ros.models import build_depth_net
-    from spidepth_ros.presets import get_preset
-
-    tmp = Path(tempfile.mkdtemp())
-    torch.manual_seed(0)
-    preset = get_preset("small_r18_96x320")
-    save_checkpoint(tmp / "small.pt", preset, build_depth_net(preset).eval())
-    onnx_path, _ = export_onnx(tmp / "small.pt", tmp / "small.onnx")
+    onnx_path = random_small_onnx(tempfile.mkdtemp())
     rclpy.init()
     feeder = rclpy.create_node("memory_bench_feeder")
     rows = []
