@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from spidepth_ros.depth_filters import flying_pixel_mask
-from spidepth_ros.geometry import backproject
 from spidepth_ros.ground_scale import GroundPlane
 from spidepth_ros.metric_scale import MAX_FRAME_RATIO, RELOCK_FRAMES, CameraHeightScale, height_above_floor
 from spidepth_ros.metrics import off_surface_mask, scale_consistency
