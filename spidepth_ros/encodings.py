@@ -227,8 +227,9 @@ def decode_compressed(fmt: str, data, max_pixels: int = MAX_IMAGE_PIXELS,
                                "publish a smaller image (image_proc resize) or check the camera driver")
     if header.decoded_bytes > max_bytes:
         raise ImageDecodeError(f"compressed image is {header.describe()}: decoding needs "
-                               f"{header.decoded_bytes / 1e6:.0f} MB, over max_image_bytes {describe_bytes(max_bytes)}; "
-                               "publish a smaller image (image_proc resize) or raise max_image_bytes")
+                               f"{header.decoded_bytes / 1e6:.0f} MB, over max_image_bytes "
+                               f"{describe_bytes(max_bytes)}; publish a smaller image (image_proc resize) or raise "
+                               "max_image_bytes")
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageDecodeError(f"could not decode the compressed image ({header.describe()} by its header, "

@@ -36,7 +36,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .bagio import IMAGE_TYPES, decode_image_msg, open_reader
-from .files import plain_open_mode
+from .files import file_sha256, plain_open_mode
 from .runtime.metadata import ModelMetadata, read_sidecar, write_sidecar
 from .runtime.preprocess import Preprocessor
 
@@ -271,15 +271,13 @@ def export_int8(fp32_onnx: str | Path, frames: CalibrationFrames, out: Optional[
                 f"from FP32 on {len(held_out)} held-out calibration frames")
             if chosen is None or deviation < deviations[chosen]:
                 chosen, chosen_path, float_nodes = candidate.name, path, nodes
-            if deviation <= max_deviation:
-                chosen, chosen_path, float_nodes = candidate.name, path, nodes
+            if deviation <= max_deviation:        # (then it is also the best so far: earlier ones were above)
                 break
         else:
             log(f"no float-node set reached {100 * max_deviation:.1f} %: keeping the best, {chosen!r} "
                 f"({100 * deviations[chosen]:.2f} %)")
-        data = chosen_path.read_bytes()
         int8_meta = dataclasses.replace(
-            meta, precision="int8", model_sha256=hashlib.sha256(data).hexdigest(), external_data="",
+            meta, precision="int8", model_sha256=file_sha256(chosen_path), external_data="",
             extra={**meta.extra, "int8": {
                 "format": "QDQ, INT8 weights per channel and INT8 activations, both symmetric (TensorRT explicit "
                           "quantization); ONNX Runtime CPU runs it with uint8 activations (adapted at load)",

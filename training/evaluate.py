@@ -160,7 +160,7 @@ def evaluate_node_scale(estimator, bags: Sequence[Path], image_topic: str, depth
             if node is not None and median is not None:
                 rows.append({"stamp_ns": stamp, "node_abs_rel": node["abs_rel"], "node_a1": node["a1"],
                              "abs_rel": median["abs_rel"], "applied_scale": scale,
-                             "oracle_scale": median["scale"] * 1.0})
+                             "oracle_scale": median["scale"]})
         if max_frames and len(published) >= max_frames:
             break
     relative = None

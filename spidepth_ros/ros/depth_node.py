@@ -52,7 +52,8 @@ from std_msgs.msg import Header
 from ..encodings import ImageDecodeError
 from ..pipeline import CloudOptions, DepthPipeline
 from ..runtime import check_model_file, create_estimator
-from .camera_stream import CAMERA_INFO_GRACE_S, OUTPUTS, RATE_WINDOW_S, CameraStream, FrameStats  # noqa: F401 (re-exported)
+# CAMERA_INFO_GRACE_S and RATE_WINDOW_S are re-exported: they are part of what the node promises
+from .camera_stream import CAMERA_INFO_GRACE_S, OUTPUTS, RATE_WINDOW_S, CameraStream, FrameStats  # noqa: F401
 from .conversions import rgb_from_compressed_msg, rgb_from_image_msg
 from .params import NodeParams, ParameterError, declare_parameters
 

@@ -189,5 +189,6 @@ def create_estimator(model: str | Path, backend: str = "auto", device: str = "au
     return est
 
 
-__all__ = ["BACKENDS", "MODEL_SUFFIXES", "PRECISIONS", "int8_model_for", "onnxruntime_model_for", "BackendUnavailable", "check_model_file", "DepthEstimator", "DepthResult", "MetadataError", "ModelMetadata",
-           "Preprocessor", "choose_backend", "create_estimator", "read_sidecar", "sidecar_path", "write_sidecar"]
+__all__ = ["BACKENDS", "BackendUnavailable", "DepthEstimator", "DepthResult", "MODEL_SUFFIXES", "MetadataError",
+           "ModelMetadata", "PRECISIONS", "Preprocessor", "check_model_file", "choose_backend", "create_estimator",
+           "int8_model_for", "onnxruntime_model_for", "read_sidecar", "sidecar_path", "write_sidecar"]
