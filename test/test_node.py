@@ -879,11 +879,15 @@ def test_camera_height_from_tf_where_tf2_ros_exists(ros_context, small_onnx):
     model's scale."""
     from spidepth_ros.synth import CAMERA_HEIGHT, SynthConfig, render_sequence
 
-    node = start_node(ros_context, small_onnx, "depth_node", namespace="tf_height", scale_source="camera_height",
-                      base_frame="base_footprint", min_range=0.0, max_range=1e4)
+    from rclpy.parameter import Parameter
+
+    # started on the model's scale; scale_source switched at run time must start the TF listener too
+    node = start_node(ros_context, small_onnx, "depth_node", namespace="tf_height", base_frame="base_footprint",
+                      min_range=0.0, max_range=1e4)
     harness = Harness(ros_context, namespace="tf_height")
     spinner = Spinner(ros_context, node, harness.node)
     try:
+        assert node.set_parameters([Parameter("scale_source", value="camera_height")])[0].successful
         try:
             import tf2_ros  # noqa: F401
         except ImportError:

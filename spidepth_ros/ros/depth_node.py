@@ -306,6 +306,8 @@ class DepthNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=f"model_path {new.model_path} refused: {exc}")
             swap = self.pipeline is not None and new.model_path != self.active_model_path
         self.params = new
+        if self._running:
+            self._start_tf()                 # scale_source may just have become camera_height (from TF)
         if swap:
             self._loading_path = new.model_path
             self._loader = threading.Thread(target=self._swap_model, args=(new.model_path,), name="spidepth_loader",
