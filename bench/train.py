@@ -1,7 +1,11 @@
 """Training steps per second on this machine for the small and the ResNet-50 presets (synthetic batch), and what
-the direct pose refinement (``pose.refine_steps``, docs/real_data.md) costs against no refinement, side by side.
+the direct pose refinement costs against a plain step (PoseNet's poses, no refinement), side by side.
 
-    python bench/train.py [--batch 4] [--steps 5] [--refine-steps 0 5 20]
+    python bench/train.py [--batch 4] [--steps 5] [--recipes plain adam20 default]
+
+Recipes: ``plain`` (pose.init posenet, no refinement), ``adam20`` (image rotation start, 20 Adam steps: the
+2026-12-01 hand-held recipe), ``default`` (config/train.yaml's pose section: image rotation or PoseNet start,
+Levenberg-Marquardt 5 iterations x 3 levels).
 """
 from __future__ import annotations
 
@@ -26,8 +30,19 @@ def batch(p, b):
     imgs = {n: torch.rand(b, 3, p.height, p.width) for n in ("prev", "target", "next")}
     imgs.update({f"{n}_aug": v for n, v in list(imgs.items())})
     imgs.update(K=k.expand(b, 4, 4).clone(), inv_K=torch.linalg.inv(k).expand(b, 4, 4).clone(),
-                index=torch.arange(b))
+                index=torch.arange(b), image_rotation=torch.eye(3).expand(b, 2, 3, 3).clone(),
+                rotation_measured=torch.ones(b, 2, dtype=torch.bool))
     return imgs
+
+
+def recipes() -> dict:
+    """name -> the ``pose`` section it trains with (the rest of the config is the same)."""
+    from spidepth_ros.training.config import load_config
+
+    default = load_config(Path(__file__).resolve().parents[1] / "config" / "train.yaml").to_dict()["pose"]
+    return {"plain": {"init": "posenet", "refine_steps": 0},
+            "adam20": {"init": "image_rotation", "refine_method": "adam", "refine_steps": 20},
+            "default": default}
 
 
 def main() -> None:
@@ -35,16 +50,16 @@ def main() -> None:
     ap.add_argument("--presets", nargs="*", default=["small_r18_96x320", "resnet50_192x640"])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--refine-steps", type=int, nargs="*", default=[0],
-                    help="pose.refine_steps values to time per preset; the first is the reference of the ratio")
+    ap.add_argument("--recipes", nargs="*", default=["plain", "adam20", "default"],
+                    help="pose recipes to time per preset; the first is the reference of the ratio")
     args = ap.parse_args()
     print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     for name in args.presets:
         b = batch(get_preset(name), args.batch)
         reference = None
-        for refine in args.refine_steps:
+        for recipe in args.recipes:
             cfg = config_from_dict({"model": {"preset": name}, "optim": {"batch_size": args.batch},
-                                    "pose": {"refine_steps": refine}})
+                                    "pose": recipes()[recipe]})
             torch.manual_seed(0)
             trainer = Trainer(cfg, torch.device("cpu"))
             trainer.train_step(b)                                   # warm-up
@@ -53,9 +68,8 @@ def main() -> None:
                 trainer.train_step(b)
             dt = (time.perf_counter() - t) / args.steps
             reference = reference or dt
-            print(f"  {name:20s} refine_steps {refine:3d}: {1 / dt:6.3f} steps/s ({dt:6.2f} s/step, "
-                  f"{args.batch / dt:6.2f} images/s, {dt / reference:5.2f}x the time of refine_steps "
-                  f"{args.refine_steps[0]})")
+            print(f"  {name:20s} {recipe:8s}: {1 / dt:6.3f} steps/s ({dt:6.2f} s/step, "
+                  f"{args.batch / dt:6.2f} images/s, {dt / reference:5.2f}x the time of {args.recipes[0]})")
 
 
 if __name__ == "__main__":

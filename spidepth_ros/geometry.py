@@ -7,10 +7,16 @@ Conventions (stated once, used everywhere):
 * Pixels: integer ``(u, v)`` are pixel centres, ``u`` = column, ``v`` = row; ``X = (u - cx) Z / fx``,
   ``Y = (v - cy) Z / fy``. This is image_geometry's and depth_image_proc's convention.
 * Intrinsics come from CameraInfo **P** (rectified image), as image_geometry uses them.
-* Resize/crop (image_proc ResizeNode convention): crop box ``(x0, y0, w_c, h_c)``, then resize to ``(W, H)``:
-  ``sx = W / w_c``, ``sy = H / h_c``, ``fx' = fx sx``, ``cx' = (cx - x0) sx`` (likewise y). Training uses the
-  same function, so the network and the node agree on the pinhole model.
-* Normalised intrinsics (training): ``fx/W, cx/W, fy/H, cy/H``; they survive any resize unchanged.
+* Resize/crop: crop box ``(x0, y0, w_c, h_c)``, then resize to ``(W, H)`` with ``sx = W / w_c``, ``sy = H / h_c``:
+  ``fx' = fx sx``, ``cx' = (cx - x0 + 0.5) sx - 0.5`` (likewise y). This is where a resize (cv2.resize, any
+  interpolation) puts the pixels: the small image's pixel centre ``u'`` covers the big image's ``(u' + 0.5) / sx -
+  0.5``. image_proc's ResizeNode writes ``cx sx`` instead, 0.5 (1 - sx) px off (0.4 px at 480 -> 96 rows);
+  ``test_geometry.py`` projects known 3-D points into a rendered and a resized image to decide. A horizontal flip
+  maps ``u`` to ``W - 1 - u``, so ``cx' = W - 1 - cx``. Training uses the same functions, so the network and the
+  node agree on the pinhole model.
+* Normalised intrinsics (training): ``fx/W, (cx + 0.5)/W, fy/H, (cy + 0.5)/H`` (the principal point as a share
+  of the image's extent, pixel edges at 0 and 1); they survive any resize unchanged and a flip maps ``cx/W`` to
+  ``1 - cx/W``.
 """
 from __future__ import annotations
 
@@ -53,23 +59,33 @@ class PinholeIntrinsics:
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
     def normalized(self) -> np.ndarray:
-        """4x4 normalised K (row 0 / width, row 1 / height), monodepth2's training convention."""
+        """4x4 normalised K: ``fx/W, (cx + 0.5)/W, fy/H, (cy + 0.5)/H`` (see the module docstring)."""
         k = np.eye(4)
-        k[0, 0], k[0, 2] = self.fx / self.width, self.cx / self.width
-        k[1, 1], k[1, 2] = self.fy / self.height, self.cy / self.height
+        k[0, 0], k[0, 2] = self.fx / self.width, (self.cx + 0.5) / self.width
+        k[1, 1], k[1, 2] = self.fy / self.height, (self.cy + 0.5) / self.height
+        return k
+
+    def pixel_matrix(self) -> np.ndarray:
+        """4x4 K in pixels (the homogeneous form the training warp takes)."""
+        k = np.eye(4)
+        k[:3, :3] = self.matrix()
         return k
 
     @classmethod
     def from_normalized(cls, k: np.ndarray, width: int, height: int) -> "PinholeIntrinsics":
-        return cls(float(k[0, 0] * width), float(k[1, 1] * height), float(k[0, 2] * width),
-                   float(k[1, 2] * height), width, height)
+        return cls(float(k[0, 0] * width), float(k[1, 1] * height), float(k[0, 2] * width - 0.5),
+                   float(k[1, 2] * height - 0.5), width, height)
+
+    def flipped(self) -> "PinholeIntrinsics":
+        """Intrinsics of the horizontally mirrored image (pixel ``u`` -> ``W - 1 - u``)."""
+        return PinholeIntrinsics(self.fx, self.fy, self.width - 1 - self.cx, self.cy, self.width, self.height)
 
     def crop_and_resize(self, crop: "CropBox", out_width: int, out_height: int) -> "PinholeIntrinsics":
         """Intrinsics of the image after cropping ``crop`` and resizing to ``out_width x out_height``."""
         sx = out_width / crop.width
         sy = out_height / crop.height
-        return PinholeIntrinsics(self.fx * sx, self.fy * sy, (self.cx - crop.x0) * sx, (self.cy - crop.y0) * sy,
-                                 out_width, out_height)
+        return PinholeIntrinsics(self.fx * sx, self.fy * sy, (self.cx - crop.x0 + 0.5) * sx - 0.5,
+                                 (self.cy - crop.y0 + 0.5) * sy - 0.5, out_width, out_height)
 
     def resized(self, out_width: int, out_height: int) -> "PinholeIntrinsics":
         return self.crop_and_resize(CropBox(0, 0, self.width, self.height), out_width, out_height)
@@ -119,12 +135,47 @@ def backproject(depth: np.ndarray, intr: PinholeIntrinsics, stride: int = 1,
 
 
 def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:
-    """Rodrigues: ``[3]`` rotation vector (radians) -> 3x3 rotation matrix."""
-    v = np.asarray(axis_angle, dtype=np.float64)
-    theta = float(np.linalg.norm(v))
-    a = v / (theta + 1e-7)
-    ax = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    return np.cos(theta) * np.eye(3) + np.sin(theta) * ax + (1 - np.cos(theta)) * np.outer(a, a)
+    """Rodrigues: ``[3]`` rotation vector (radians) -> 3x3 rotation matrix, exact down to zero angle (Taylor
+    coefficients below 1e-3 rad; ``training.warping.axis_angle_to_matrix`` is the torch twin)."""
+    v = np.asarray(axis_angle, dtype=np.float64).reshape(3)
+    theta2 = float(v @ v)
+    if theta2 < 1e-6:
+        cos, sinc, cosc = 1 - theta2 / 2, 1 - theta2 / 6, 0.5 - theta2 / 24
+    else:
+        theta = np.sqrt(theta2)
+        cos, sinc, cosc = np.cos(theta), np.sin(theta) / theta, (1 - np.cos(theta)) / theta2
+    skew = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return cos * np.eye(3) + sinc * skew + cosc * np.outer(v, v)
+
+
+def matrix_to_axis_angle(rotation: np.ndarray) -> np.ndarray:
+    """3x3 rotation matrix -> ``[3]`` rotation vector (radians), the inverse of :func:`axis_angle_to_matrix` for
+    angles below pi (near pi the axis comes from the symmetric part)."""
+    r = np.asarray(rotation, dtype=np.float64)
+    angle = float(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0)))
+    skew = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+    if angle < 1e-7:
+        return 0.5 * skew                                   # first order: R ~ I + [v]x
+    if np.pi - angle < 1e-4:                                # sin ~ 0: the axis is the dominant column of R + I
+        sym = (r + np.eye(3)) / 2
+        axis = sym[:, int(np.argmax(np.diag(sym)))]
+        axis = axis / np.linalg.norm(axis)
+        return axis * angle * (1.0 if axis @ skew >= 0 else -1.0)
+    return skew * (angle / (2.0 * np.sin(angle)))
+
+
+def unit_rays(points_px: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Pixel points ``[N, 2]`` (u, v) -> unit-length rays ``[N, 3]`` in the optical frame (``k`` 3x3, pixels)."""
+    x = (points_px[:, 0] - k[0, 2]) / k[0, 0]
+    y = (points_px[:, 1] - k[1, 2]) / k[1, 1]
+    rays = np.stack([x, y, np.ones_like(x)], axis=1)
+    return rays / np.linalg.norm(rays, axis=1, keepdims=True)
+
+
+def project_points(points: np.ndarray, k: np.ndarray, min_z: float = 1e-6) -> np.ndarray:
+    """Points or rays ``[N, 3]`` in the optical frame -> pixels ``[N, 2]`` (Z clamped to ``min_z``)."""
+    z = np.maximum(points[:, 2], min_z)
+    return np.stack([k[0, 0] * points[:, 0] / z + k[0, 2], k[1, 1] * points[:, 1] / z + k[1, 2]], axis=1)
 
 
 def pose_from_axis_angle(axis_angle: np.ndarray, translation: np.ndarray, invert: bool = False) -> np.ndarray:

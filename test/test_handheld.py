@@ -107,7 +107,8 @@ def test_image_rotation_init_needs_the_measured_rotations(tmp_path):
     from spidepth_ros.training.config import config_from_dict
     from spidepth_ros.training.trainer import Trainer
 
-    cfg = config_from_dict({"pose": {"init": "image_rotation"}, "out_dir": str(tmp_path)})
+    cfg = config_from_dict({"pose": {"init": "image_rotation"}, "data": {"max_frame_offset": 0},
+                           "out_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="max_frame_offset"):
         Trainer(cfg, torch.device("cpu"))
     with pytest.raises(ValueError, match="pose.init"):
@@ -124,7 +125,8 @@ def test_image_rotation_is_the_transform_the_refinement_starts_from(store, tmp_p
     from spidepth_ros.training.config import config_from_dict
     from spidepth_ros.training.trainer import Trainer
 
-    cfg = config_from_dict({"pose": {"init": "image_rotation", "refine_steps": 1, "refine_lr_rotation": 0.0,
+    cfg = config_from_dict({"pose": {"init": "image_rotation", "refine_method": "adam", "refine_steps": 1,
+                                     "refine_lr_rotation": 0.0,
                                      "refine_lr_translation": 0.0}, "data": {"max_frame_offset": 4},
                             "model": {"preset": "small_r18_96x320"}, "out_dir": str(tmp_path)})
     trainer = Trainer(cfg, torch.device("cpu"))
@@ -145,6 +147,7 @@ def test_time_budget_stops_on_an_epoch_boundary_and_is_saved(synth_bag, tmp_path
     bag, _ = synth_bag
     rc = cli.main(["--bags", str(bag), "--out", str(tmp_path / "run"), "--no-progress", "--set",
                    "optim.epochs=5", "optim.batch_size=4", "optim.max_minutes=0.0001", "data.frame_offset=1",
+                   "data.target_parallax_px=0",
                    "checkpoint_every=0", "data.val_fraction=0.25"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -341,7 +344,7 @@ def test_recorded_pose_init_warps_with_the_recorded_poses_and_logs_posenet_error
     with pytest.raises(ValueError, match="data.pose_topic"):
         Trainer(config_from_dict({"pose": {"init": "recorded"}}), torch.device("cpu"))
     _, store, _ = posed
-    cfg = config_from_dict({"pose": {"init": "recorded"}, "data": {"pose_topic": "/camera/pose"},
+    cfg = config_from_dict({"pose": {"init": "recorded", "refine_steps": 0}, "data": {"pose_topic": "/camera/pose"},
                             "model": {"preset": "small_r18_96x320"}, "out_dir": str(tmp_path)})
     trainer = Trainer(cfg, torch.device("cpu"))
     batch = next(iter(torch.utils.data.DataLoader(TripletDataset([store], [(0, 2, 5, 8), (0, 6, 9, 12)], 320, 96,

@@ -116,7 +116,7 @@ def test_frame_store_intrinsics_and_motion(bags, tmp_path):
                         progress=False)
     intr = SynthConfig().intrinsics
     np.testing.assert_allclose(store.k_normalized[0, 0], intr.fx / intr.width)
-    np.testing.assert_allclose(store.k_normalized[1, 2], intr.cy / intr.height)
+    np.testing.assert_allclose(store.k_normalized[1, 2], (intr.cy + 0.5) / intr.height)
     assert store.frames.shape == (24, 96, 320, 3) and np.all(store.motion[1:] > 0.01)
     cached = load_frames(bags["train_mcap"], "/camera/image_raw", "/camera/camera_info", 320, 96, tmp_path,
                          progress=False)
@@ -172,8 +172,11 @@ def test_clear_errors(bags, tmp_path):
     with pytest.raises(BagError, match="no intrinsics"):
         load_frames(no_info, "/camera/image_raw", "/camera/camera_info", 320, 96, tmp_path / "c", progress=False)
     static = write_static_bag(tmp_path / "static")
-    with pytest.raises(BagError, match="too few moving frames"):
+    with pytest.raises(BagError, match="too little parallax to train: .* lower data.target_parallax_px"):
         build_datasets(DataConfig(bags=(str(static),)), 320, 96, tmp_path / "c2", 0, progress=False)
+    with pytest.raises(BagError, match="too few moving frames"):
+        build_datasets(DataConfig(bags=(str(static),), target_parallax_px=0.0, max_frame_offset=0), 320, 96,
+                       tmp_path / "c3", 0, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------- training
@@ -182,7 +185,10 @@ def make_cfg(bags, out: Path, **optim) -> TrainConfig:
 
     return config_from_dict({
         "data": {"bags": [str(bags["train_mcap"]), str(bags["train_sqlite"])], "val_bags": [str(bags["val"])],
-                 "image_topic": "/camera/image_raw", "depth_topic": "/camera/depth", "color_jitter": False},
+                 "image_topic": "/camera/image_raw", "depth_topic": "/camera/depth", "color_jitter": False,
+                 # the mechanics of the loop on PoseNet's poses at a fixed offset (the default recipe: its own tests)
+                 "target_parallax_px": 0.0, "max_frame_offset": 0},
+        "pose": {"init": "posenet", "refine_steps": 0},
         "model": {"preset": "small_r18_96x320"},
         "optim": {"batch_size": 4, "lr": 5e-4, "epochs": 1, **optim},
         "out_dir": str(out), "seed": 0, "checkpoint_every": 3, "log_every": 1})
@@ -439,7 +445,7 @@ def test_pose_refinement_step_trains_depth_on_refined_poses_and_distils_posenet(
     from spidepth_ros.training.config import config_from_dict
 
     base = make_cfg(bags, tmp_path / "refine").to_dict()
-    base["pose"] = {"refine_steps": 3}
+    base["pose"] = {"init": "posenet", "refine_steps": 3, "refine_method": "adam"}
     cfg = config_from_dict(base)
     trainer, data = _trainer_and_data(cfg, tmp_path / "cache")
     pose0 = parameters(trainer.pose_net)

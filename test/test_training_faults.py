@@ -79,7 +79,7 @@ def test_flipped_item_mirrors_the_principal_point_about_pixel_centres(rng):
     width, height, cx = 6, 4, 1.8
     frames = (rng.random((3, height, width, 3)) * 255).astype(np.uint8)
     k = np.eye(4)
-    k[0, 0], k[1, 1], k[0, 2], k[1, 2] = 0.6, 0.9, cx / width, 0.5
+    k[0, 0], k[1, 1], k[0, 2], k[1, 2] = 0.6, 0.9, (cx + 0.5) / width, 0.5     # normalised: (cx + 0.5) / W
     store = FrameStore(frames, np.arange(3, dtype=np.int64), k, np.ones(3, np.float32), "cam")
     data = TripletDataset([store], [(0, 0, 1, 2)] * 8, width, height, augment=True, flip=True, jitter=False, seed=3)
     flips = [np.random.default_rng([3, 0, i]).random() < 0.5 for i in range(8)]   # the dataset's own rule
@@ -100,25 +100,37 @@ def test_collapse_and_regression_warnings_name_the_problem():
     assert validation_warnings({"val_abs_rel": 0.1111, "val_const_abs_rel": 0.5515}, 0.1125) == []
     assert validation_warnings({"val_photometric": 0.05}, 0.1125) == []
     drift = collapse_warnings({"train_depth_median": 2.44, "train_depth_spread_p95_p5": 86.0,
-                               "train_automask_fraction": 0.42}, reference_median=14.13)
+                               "train_automask_fraction": 0.42}, [(14.13, "the first epoch's")])
     assert len(drift) == 1 and "drifted 0.2x" in drift[0]
     flat = collapse_warnings({"train_depth_median": 10.0, "train_depth_spread_p95_p5": 1.2,
-                              "train_automask_fraction": 0.6}, reference_median=10.0)
+                              "train_automask_fraction": 0.6}, [(10.0, "the first epoch's")])
     assert len(flat) == 2 and "flattening" in flat[0] and "60% of pixels are automasked" in flat[1]
+    assert "data.frame_offset" in flat[1] and "target_parallax_px" not in flat[1]
+    # triplets chosen by parallax ignore frame_offset / min_motion: the advice names the key that acts
+    by_parallax = collapse_warnings({"train_automask_fraction": 0.6}, parallax_triplets=True)
+    assert "Raise data.target_parallax_px" in by_parallax[0] and "data.frame_offset" not in by_parallax[0]
+    turned = collapse_warnings({"train_refine_rotation_saturated_fraction": 0.5})
+    assert len(turned) == 1 and "50% of pose refinements ran out of rotation" in turned[0]
+    lost = collapse_warnings({"train_unmeasured_rotation_fraction": 0.3})
+    assert len(lost) == 1 and "30% of pairs had no rotation measured" in lost[0]
+    assert collapse_warnings({"train_unmeasured_rotation_fraction": 0.1,
+                              "train_refine_rotation_saturated_fraction": 0.1}) == []
     short = collapse_warnings({"train_depth_median": 10.0, "train_depth_spread_p95_p5": 3.0,
-                               "train_refine_saturated_fraction": 0.8}, reference_median=10.0)
+                               "train_refine_saturated_fraction": 0.8}, [(10.0, "the first epoch's")])
     assert len(short) == 1 and "80% of pose refinements ran out of reach" in short[0] and \
         "pose.refine_lr_translation" in short[0]
     assert collapse_warnings({"train_refine_saturated_fraction": 0.1}) == []
 
 
-def test_drift_is_measured_from_the_first_epoch_of_a_fine_tune_and_between_epochs_from_scratch():
+def test_drift_is_measured_from_the_first_epoch_of_a_fine_tune_and_over_a_window_from_scratch():
     """A fine-tune keeps its starting model's scale; a scratch run settles its own (25 -> 4-7 units on the real
-    recording, where the first-epoch rule warned on a healthy run), so only a jump between epochs is a drift."""
-    from spidepth_ros.training.diagnostics import DRIFT_FACTOR, collapse_warnings, drift_reference
+    recording, where the first-epoch rule warned on a healthy run), so a scratch run is compared with the previous
+    epoch (a jump) and with the epoch DRIFT_WINDOW back, never its first SETTLE_EPOCHS (a steady drift)."""
+    from spidepth_ros.training.diagnostics import (DRIFT_FACTOR, DRIFT_WINDOW, SETTLE_EPOCHS, collapse_warnings,
+                                                   drift_references)
 
     def warnings(medians, from_scratch):
-        return collapse_warnings({"train_depth_median": medians[-1]}, *drift_reference(medians, from_scratch))
+        return collapse_warnings({"train_depth_median": medians[-1]}, drift_references(medians, from_scratch))
 
     settling = [25.0, 18.0, 11.0, 7.0, 4.5, 5.2]          # 25 / 4.5 > DRIFT_FACTOR overall, < 2x per epoch
     assert settling[0] / min(settling) > DRIFT_FACTOR
@@ -128,7 +140,14 @@ def test_drift_is_measured_from_the_first_epoch_of_a_fine_tune_and_between_epoch
     assert "drifted 0.2x from the first epoch's (14.13 -> 2.44)" in warnings(fine_tune, from_scratch=False)[0]
     jump = [6.0, 5.5, 30.0]
     assert "drifted 5.5x from the previous epoch's (5.50 -> 30.00)" in warnings(jump, from_scratch=True)[0]
-    assert drift_reference([], from_scratch=False) == (None, "") and drift_reference([3.0], True) == (None, "")
+    # settled at 6 units, then x1.5 every epoch: never 4x between two epochs, 5x over four of them
+    steady = [20.0, 12.0, 8.0, 6.0, 6.0] + [6.0 * 1.5 ** i for i in range(1, 5)]
+    assert all(b / a < DRIFT_FACTOR for a, b in zip(steady, steady[1:]))
+    found = [warnings(steady[:n], from_scratch=True) for n in range(1, len(steady) + 1)]
+    assert found[-1] and "drifted 5.1x from epoch 4's (6.00 -> 30.38)" in found[-1][0], found
+    assert not any(found[:-1])
+    assert SETTLE_EPOCHS + DRIFT_WINDOW >= 5
+    assert drift_references([], from_scratch=False) == [] and drift_references([3.0], True) == []
 
 
 def test_threads_zero_takes_this_process_share_of_the_cpus():

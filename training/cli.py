@@ -25,7 +25,7 @@ from spidepth_ros.metrics import EvalSettings, summarize
 
 from .config import TrainConfig, config_from_dict, load_config, save_config
 from .data import build_datasets
-from .diagnostics import EpochDiagnostics, collapse_warnings, drift_reference, validation_warnings
+from .diagnostics import EpochDiagnostics, collapse_warnings, drift_references, validation_warnings
 from .trainer import Trainer, init_distributed, resolve_device
 
 
@@ -52,27 +52,53 @@ def auto_threads(workers: int, cpu_count: Optional[int] = None, local_world_size
     return max(1, cpu_count // (max(1, local_world_size) * (1 + max(0, workers))))
 
 
-def validate(trainer: Trainer, val_set, cfg: TrainConfig, max_batches: int = 20) -> dict:
-    """Mean photometric loss on validation triplets, plus depth metrics when ``data.depth_topic`` is set."""
-    from torch.utils.data import DataLoader
+#: validation budget per epoch: triplets for the photometric errors, frames for the depth metrics; both spread
+#: evenly over the whole validation set (training/evaluate.py:spread_indices)
+VAL_TRIPLETS = 120
+VAL_DEPTH_FRAMES = 40
+#: per-triplet validation numbers averaged into the epoch's row (val_<name>)
+VAL_KEYS = ("photometric", "photometric_posenet", "photometric_start", "posenet_rotation_error_deg",
+            "posenet_direction_error_deg", "start_rotation_error_deg", "refined_rotation_error_deg",
+            "refined_direction_error_deg", "refine_posenet_start_fraction")
+
+
+def validate(trainer: Trainer, val_set, cfg: TrainConfig, max_triplets: int = VAL_TRIPLETS,
+             depth_frames: int = VAL_DEPTH_FRAMES) -> dict:
+    """Validation numbers of one epoch, on triplets and frames spread evenly over the validation set.
+
+    ``val_photometric``: the view-synthesis error with the poses training uses (refined on these very frames, so
+    test-time optimised); ``val_photometric_posenet``: with PoseNet's poses alone (a plain number: what PoseNet
+    learned, and the depth through it); ``val_photometric_start``: with the refinement's start poses. Pose errors
+    against recorded poses where the bags have them; depth metrics when ``data.depth_topic`` is set.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    from .evaluate import spread_indices
 
     trainer.depth_net.eval()
     trainer.pose_net.eval()
-    losses = []
+    sums: dict = {}
+    counts: dict = {}
+    subset = Subset(val_set, spread_indices(len(val_set), max_triplets).tolist())
     with torch.no_grad():
-        for i, batch in enumerate(DataLoader(val_set, batch_size=cfg.optim.batch_size)):
-            if i >= max_batches:
-                break
-            losses.append(float(trainer.compute_loss(batch)["photometric"]))
-        result = {"val_photometric": float(np.mean(losses)) if losses else float("nan")}
+        for batch in DataLoader(subset, batch_size=cfg.optim.batch_size):
+            out = trainer.compute_loss(batch, validation=True)
+            n = len(batch["index"])
+            for key in VAL_KEYS:
+                if key in out and bool(torch.isfinite(torch.as_tensor(out[key]))):
+                    sums[key] = sums.get(key, 0.0) + float(out[key]) * n
+                    counts[key] = counts.get(key, 0) + n
+        result = {f"val_{k}": sums[k] / counts[k] for k in sums}
+        result.setdefault("val_photometric", float("nan"))
+        result["val_triplets"] = float(len(subset))
         if cfg.data.depth_topic:
-            result.update(depth_metrics(trainer, cfg))
+            result.update(depth_metrics(trainer, cfg, depth_frames))
     trainer.depth_net.train()
     trainer.pose_net.train()
     return result
 
 
-def depth_metrics(trainer: Trainer, cfg: TrainConfig, max_frames: int = 40) -> dict:
+def depth_metrics(trainer: Trainer, cfg: TrainConfig, frames: int = VAL_DEPTH_FRAMES) -> dict:
     from spidepth_ros.runtime.preprocess import Preprocessor
 
     from .evaluate import evaluate_bags
@@ -87,11 +113,12 @@ def depth_metrics(trainer: Trainer, cfg: TrainConfig, max_frames: int = 40) -> d
 
     rows = evaluate_bags(predict, bags, cfg.data.image_topic, cfg.data.depth_topic,
                          EvalSettings(preset.min_depth, cfg.data.eval_max_depth or preset.max_depth),
-                         max_frames=max_frames, every=3,
-                         progress=False)
+                         spread=frames, progress=False)
     s = summarize(rows)
-    return {f"val_{k}": v for k, v in s.items()
-            if k in ("abs_rel", "rmse", "a1", "scale_median", "const_abs_rel", "const_a1")}
+    out = {f"val_{k}": v for k, v in s.items()
+           if k in ("abs_rel", "rmse", "a1", "scale_median", "const_abs_rel", "const_a1")}
+    out["val_depth_frames"] = float(len(rows))
+    return out
 
 
 def build_datasets_once(data_cfg, width: int, height: int, cache: Path, seed: int, progress: bool, dist_info):
@@ -107,7 +134,8 @@ def build_datasets_once(data_cfg, width: int, height: int, cache: Path, seed: in
 
 
 class BestTracker:
-    """Which epoch is best: by validation AbsRel when the validation bags carry depth, else photometric loss.
+    """Which epoch is best: by validation AbsRel when the validation bags carry depth, else by the photometric
+    error with PoseNet's poses (not by the refined poses' error: the refinement optimises on the frames it scores).
 
     Epoch 0 is the initial model, so best.pt is never worse than the model training started from.
     """
@@ -119,7 +147,7 @@ class BestTracker:
         self.initial_abs_rel: Optional[float] = None
 
     def update(self, epoch: int, result: dict) -> bool:
-        key = "val_abs_rel" if "val_abs_rel" in result else "val_photometric" if "val_photometric" in result else None
+        key = next((k for k in ("val_abs_rel", "val_photometric_posenet", "val_photometric") if k in result), None)
         if key is None:
             return False
         if epoch == 0 and "val_abs_rel" in result:
@@ -216,6 +244,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         save_config(cfg, out_dir / "config.yaml")
         print(f"preset {preset.name}: {len(data.train)} training / {len(data.val)} validation triplets, "
               f"device {device}, world size {dist_probe.world_size}")
+        if len(data.val):
+            depth_part = (f" and depth on {VAL_DEPTH_FRAMES} frames spread evenly over the validation bags' "
+                          f"ground-truth frames" if cfg.data.depth_topic else "")
+            print(f"validation each epoch: {min(VAL_TRIPLETS, len(data.val))} of the {len(data.val)} validation "
+                  f"triplets, spread evenly{depth_part}")
 
     writer = None
     if dist_probe.is_main:
@@ -272,7 +305,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 trainer.depth_net.train()
             writer.add_image("val/input_depth", image_panel(batch, depth), trainer.global_step)
         record(epoch, result)
-        for warning in collapse_warnings(diagnostics, *drift_reference(medians, cfg.model.init == "scratch")):
+        references = drift_references(medians, cfg.model.init == "scratch")
+        for warning in collapse_warnings(diagnostics, references, parallax_triplets=cfg.data.target_parallax_px > 0):
             print(f"  WARNING: {warning}")
         for warning in validation_warnings(result, best.initial_abs_rel):
             print(f"  WARNING: {warning}")

@@ -32,9 +32,11 @@ class DataConfig:
     rectify: bool = True                       # undistort + rotate by R when the CameraInfo has D or R; false
                                                # for already rectified topics (image_rect keeps the raw D)
     frame_offset: int = 1                      # k in (t-k, t, t+k), in frames after motion filtering
-    target_parallax_px: float = 0.0            # > 0: per target, the nearest frames whose measured translation
+    target_parallax_px: float = 1.2            # > 0: per target, the nearest frames whose measured translation
                                                # parallax reaches this (px at network size); replaces frame_offset
-    max_frame_offset: int = 0                  # parallax is measured to this many frames ahead (0 = not measured)
+                                               # (0: frame_offset decides)
+    max_frame_offset: int = 16                 # parallax and rotation are measured to this many frames ahead
+                                               # (0 = not measured; target_parallax_px and image_rotation need it)
     max_gap_s: float = 0.5                     # largest stamp gap allowed inside a triplet
     min_motion: float = 0.01                   # mean |frame difference| (0..1 grey) below which a pair is static
     val_fraction: float = 0.1
@@ -66,13 +68,21 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class PoseConfig:
-    """Direct pose refinement per batch (training/pose_refine.py); 0 steps = PoseNet's poses as they are."""
-    refine_steps: int = 0                      # Adam steps on each pair's pose correction, depth held fixed
-    init: str = "posenet"                      # posenet | image_rotation: start each pair from the rotation
-                                               # measured from the images (needs data.max_frame_offset > 0) and
-                                               # zero translation; hand-held video (docs/real_data.md)
-    refine_lr_translation: float = 0.002       # per-step size as a fraction of the target's median depth
-    refine_lr_rotation: float = 0.005          # radians per step
+    """Where each pair's pose comes from and how it is refined per batch (training/pose_refine.py)."""
+    init: str = "image_rotation"               # posenet | image_rotation | recorded: the pose each pair starts
+                                               # from. image_rotation: the rotation measured from the images (needs
+                                               # data.max_frame_offset > 0) and no translation
+    refine_method: str = "lm"                  # lm: Levenberg-Marquardt on the photometric residual, coarse to
+                                               # fine; adam: Adam steps on the SSIM+L1 loss (the 2026-12-01 recipe)
+    refine_steps: int = 5                      # lm: iterations per pyramid level; adam: steps (0 = no refinement,
+                                               # PoseNet's poses as they are)
+    refine_levels: int = 3                     # lm: pyramid levels (each 2x2-averaged; widens the basin 2x)
+    rotation_stiffness: float = 0.03           # lm: pull of each pair's rotation towards its start, in units of the
+                                               # data's own rotation curvature (0 = free; see pose_refine.py)
+    posenet_start: bool = True                 # lm: per pair, start from PoseNet's pose instead of init's where
+                                               # its photometric cost is lower (the share is logged per epoch)
+    refine_lr_translation: float = 0.002       # adam: per-step size as a fraction of the target's median depth
+    refine_lr_rotation: float = 0.005          # adam: radians per step
     distill_weight: float = 1.0                # L1 of PoseNet's transform to the refined one (teaches PoseNet)
 
 

@@ -32,12 +32,12 @@ from torch.utils.data import Dataset
 from spidepth_ros.bagio import (BagError, CameraCalibration, count_messages, iter_images, read_camera_info,
                                  read_poses)
 from spidepth_ros.camera_model import Rectifier
-from spidepth_ros.geometry import PinholeIntrinsics
+from spidepth_ros.geometry import PinholeIntrinsics, axis_angle_to_matrix
 
 #: Side of the grey thumbnail used to measure motion between frames.
 MOTION_THUMB = (64, 20)
 #: Bumped whenever what the cache holds changes (v2: parallax table, full key).
-CACHE_VERSION = 2
+CACHE_VERSION = 3     # 3: normalised principal point (cx + 0.5) / W (pixel-centre resize)
 
 
 @dataclass
@@ -169,7 +169,7 @@ def load_frames(bag: Path, image_topic: str, info_topic: str, width: int, height
     if max_offset > 0:
         from .parallax import parallax_table
 
-        k_pix = intr.normalized()[:3, :3] * np.array([[width], [height], [1.0]])
+        k_pix = PinholeIntrinsics.from_normalized(intr.normalized(), width, height).matrix()
         motion_table = parallax_table(stored, k_pix, max_offset, progress, desc=f"parallax {bag.name}")
         meta["parallax"] = motion_table.parallax_px.tolist()
         meta["rotation_deg"] = motion_table.rotation_deg.tolist()
@@ -241,22 +241,26 @@ _MIRROR_X4 = np.diag([-1.0, 1.0, 1.0, 1.0])
 _MIRROR_X = _MIRROR_X4[:3, :3]
 
 
-def image_rotations(store: FrameStore, triplet: tuple[int, int, int], flipped: bool) -> np.ndarray:
+def image_rotations(store: FrameStore, triplet: tuple[int, int, int], flipped: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """``[2, 3, 3]`` rotations measured from the images, target -> prev and target -> next camera (the rotation
-    part of the transforms the warp takes), identity where unmeasured; mirrored with the images when flipped."""
-    from .parallax import vector_to_rotation
-
+    part of the transforms the warp takes), identity where unmeasured (too few tracks, or beyond
+    ``data.max_frame_offset``), mirrored with the images when flipped; and ``[2]`` bool: which were measured (the
+    trainer counts the identity fallbacks per epoch and warns when they are many)."""
     p, t, n = triplet
     out = np.stack([np.eye(3), np.eye(3)])
+    measured = np.zeros(2, bool)
     if store.rotation_vec is not None:
         width = store.rotation_vec.shape[1]
         if 0 < t - p <= width and np.all(np.isfinite(store.rotation_vec[p, t - p - 1])):
-            out[0] = vector_to_rotation(store.rotation_vec[p, t - p - 1]).T      # stored prev -> target
+            out[0] = axis_angle_to_matrix(store.rotation_vec[p, t - p - 1]).T      # stored prev -> target
+            measured[0] = True
         if 0 < n - t <= width and np.all(np.isfinite(store.rotation_vec[t, n - t - 1])):
-            out[1] = vector_to_rotation(store.rotation_vec[t, n - t - 1])        # stored target -> next
+            out[1] = axis_angle_to_matrix(store.rotation_vec[t, n - t - 1])        # stored target -> next
+            measured[1] = True
     if flipped:
         out = _MIRROR_X @ out @ _MIRROR_X
-    return out
+    return out, measured
 
 
 def attach_poses(store: FrameStore, bag: Path, topic: str, frames: Sequence[str], max_gap_s: float) -> None:
@@ -343,14 +347,13 @@ class TripletDataset(Dataset):
         k = store.k_normalized.copy()
         rng = np.random.default_rng([self.seed, self.epoch, index])
         flipped = bool(self.augment and self.flip and rng.random() < 0.5)
+        intrinsics = PinholeIntrinsics.from_normalized(k, self.width, self.height)
         if flipped:
             imgs = [np.ascontiguousarray(x[:, ::-1]) for x in imgs]
-            # pixel u maps to W-1-u (pixel centres at integers), so cx -> W-1-cx: normalised 1 - cx/W - 1/W
-            k[0, 2] = 1.0 - k[0, 2] - 1.0 / self.width
+            intrinsics = intrinsics.flipped()           # pixel u -> W-1-u: cx -> W-1-cx
         aug = color_jitter(imgs, rng) if self.augment and self.jitter and rng.random() < 0.5 else imgs
-        k_pix = k.copy()
-        k_pix[0] *= self.width
-        k_pix[1] *= self.height
+        k_pix = intrinsics.pixel_matrix()
+        rotations, measured = image_rotations(store, (p, t, n), flipped)
         item = {"prev": _chw(imgs[0]), "target": _chw(imgs[1]), "next": _chw(imgs[2]),
                 "prev_aug": _chw(aug[0]), "target_aug": _chw(aug[1]), "next_aug": _chw(aug[2]),
                 "K": torch.from_numpy(k_pix.astype(np.float32)),
@@ -358,7 +361,8 @@ class TripletDataset(Dataset):
                 "index": torch.tensor(t),
                 "offsets": torch.tensor([t - p, n - t], dtype=torch.float32),
                 "parallax_px": torch.tensor(triplet_parallax(store, (p, t, n)), dtype=torch.float32),
-                "image_rotation": torch.from_numpy(image_rotations(store, (p, t, n), flipped).astype(np.float32))}
+                "image_rotation": torch.from_numpy(rotations.astype(np.float32)),
+                "rotation_measured": torch.from_numpy(measured)}
         if store.recorded_poses is not None:
             transforms, ok = recorded_transforms(store, (p, t, n), flipped)
             item["recorded_transform"] = torch.from_numpy(transforms.astype(np.float32))

@@ -9,7 +9,7 @@ change when one of them goes wrong.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -21,8 +21,15 @@ AUTOMASK_LIMIT = 0.5
 REGRESSION_FACTOR = 1.05
 #: share of pose refinements at their step limit above which the translation the depth learns from is too short
 SATURATION_LIMIT = 0.25
-#: the median depth moving this many times away from its reference (drift_reference) is a drift, not learning
+#: the median depth moving this many times away from its reference (drift_references) is a drift, not learning
 DRIFT_FACTOR = 4.0
+#: a scratch run is also compared with the epoch this many epochs back (a steady drift of a little per epoch)...
+DRIFT_WINDOW = 5
+#: ...but never with its first SETTLE_EPOCHS epochs, whose scale a barely trained network chose
+SETTLE_EPOCHS = 3
+#: share of pairs whose rotation could not be measured from the images (they start from the identity) above
+#: which the image-rotation start is failing
+UNMEASURED_LIMIT = 0.2
 
 
 @dataclass
@@ -42,7 +49,11 @@ class EpochDiagnostics:
                   "translation_norm": float(out.get("translation_norm", float("nan"))),
                   "rotation_deg": float(out.get("rotation_deg", float("nan")))}
         for key in ("frame_offset", "parallax_px",          # chosen offsets and their measured parallax
-                    "refine_saturated_fraction",            # pose refinements that ran out of reach
+                    "refine_saturated_fraction",            # adam refinements whose translation ran out of reach
+                    "refine_rotation_saturated_fraction",   # ... whose rotation did
+                    "refine_posenet_start_fraction",        # lm refinements that started from PoseNet's pose
+                    "refine_cost_reduction",                # lm: share of the start's photometric cost removed
+                    "unmeasured_rotation_fraction",         # image_rotation pairs that fell back to the identity
                     "posenet_rotation_error_deg", "posenet_direction_error_deg"):   # against data.pose_topic
             if key in out and torch.isfinite(torch.as_tensor(out[key])):
                 values[key] = float(out[key])
@@ -74,38 +85,54 @@ def pose_errors(estimated: torch.Tensor, recorded: torch.Tensor) -> tuple[torch.
     return rotation, direction
 
 
-def collapse_warnings(summary: dict, reference_median: Optional[float] = None,
-                      reference: str = "the first epoch's") -> list[str]:
+def collapse_warnings(summary: dict, references: Sequence[tuple[float, str]] = (),
+                      parallax_triplets: bool = False) -> list[str]:
     """Plain-language warnings for one epoch's :meth:`EpochDiagnostics.summary` (empty when all is well).
 
-    ``reference_median`` is the median depth the drift check compares with, ``reference`` names it in the warning: a
-    fine-tune's first epoch (its scale is the starting model's), or a scratch run's previous epoch (an early
-    scratch network has no scale worth keeping, so only a jump between epochs is a drift); see
-    :func:`drift_reference`."""
+    ``references``: ``(median depth, its name)`` pairs the drift check compares with (:func:`drift_references`).
+    ``parallax_triplets``: the run chooses triplets by ``data.target_parallax_px``, so the advice names that key
+    (``data.frame_offset`` and ``data.min_motion`` do nothing then)."""
     warnings = []
+    more_motion = ("raise data.target_parallax_px (and data.max_frame_offset if few targets reach it)"
+                   if parallax_triplets else "raise data.frame_offset or data.min_motion")
     spread = summary.get("train_depth_spread_p95_p5")
     if spread is not None and spread < FLAT_SPREAD:
         warnings.append(f"the depth map is flattening (p95/p5 = {spread:.2f} < {FLAT_SPREAD}): frames in a triplet "
-                        "hardly differ, so a flat map explains them. Raise data.frame_offset or data.min_motion, "
+                        f"hardly differ, so a flat map explains them. {more_motion[0].upper() + more_motion[1:]}, "
                         "lower optim.lr, or start from weights that already see depth (model.init)")
     automask = summary.get("train_automask_fraction")
     if automask is not None and automask > AUTOMASK_LIMIT:
         warnings.append(f"{automask:.0%} of pixels are automasked (identity beats reprojection): the camera "
-                        "moves too little between the frames used. Raise data.frame_offset or data.min_motion; "
+                        f"moves too little between the frames used. {more_motion[0].upper() + more_motion[1:]}; "
                         "a static or only rotating camera teaches no depth")
     saturated = summary.get("train_refine_saturated_fraction")
     if saturated is not None and saturated > SATURATION_LIMIT:
         warnings.append(f"{saturated:.0%} of pose refinements ran out of reach (their translation moved the most "
                         "pose.refine_steps x pose.refine_lr_translation of the median depth allows): the camera "
                         "moves further per chosen pair than the refinement can follow, and the depth learns from "
-                        "too short translations. Raise pose.refine_lr_translation (0.005 for a driving camera, "
-                        "config/demo_mono.yaml) or lower data.target_parallax_px")
+                        "too short translations. Use pose.refine_method: lm (no step limit), or raise "
+                        "pose.refine_lr_translation (0.005 for a driving camera)"
+                        + (" or lower data.target_parallax_px" if parallax_triplets else ""))
+    rotation_saturated = summary.get("train_refine_rotation_saturated_fraction")
+    if rotation_saturated is not None and rotation_saturated > SATURATION_LIMIT:
+        warnings.append(f"{rotation_saturated:.0%} of pose refinements ran out of rotation (the correction moved "
+                        "the most pose.refine_steps x pose.refine_lr_rotation allows): the start rotation is "
+                        "further off than the refinement can correct. Use pose.refine_method: lm, or raise "
+                        "pose.refine_lr_rotation")
+    unmeasured = summary.get("train_unmeasured_rotation_fraction")
+    if unmeasured is not None and unmeasured > UNMEASURED_LIMIT:
+        warnings.append(f"{unmeasured:.0%} of pairs had no rotation measured from the images (too few corners "
+                        "tracked: blur, no texture, or frames too far apart) and started from the identity. "
+                        "Lower data.target_parallax_px so pairs are nearer, or use pose.init: posenet")
     median = summary.get("train_depth_median")
-    if median is not None and reference_median:
+    for reference_median, reference in references:
+        if median is None or not reference_median:
+            continue
         ratio = median / reference_median
         if ratio > DRIFT_FACTOR or ratio < 1 / DRIFT_FACTOR:
             warnings.append(f"the median predicted depth drifted {ratio:.1f}x from {reference} "
                             f"({reference_median:.2f} -> {median:.2f}): the scale is running away. Lower optim.lr")
+            break
     return warnings
 
 
@@ -124,11 +151,21 @@ def validation_warnings(result: dict, initial_abs_rel: Optional[float]) -> list[
     return warnings
 
 
-def drift_reference(medians: list[float], from_scratch: bool) -> tuple[Optional[float], str]:
-    """The median depth to compare the newest epoch with, and its name, from every epoch's training median depth
-    so far (``medians``, oldest first, the newest last; a resumed run's history included): the first epoch's for a
-    fine-tune, the previous epoch's for a run from scratch (whose first epochs settle a scale of their own: the real
-    scratch run of docs/real_data.md went from 25 to 4-7 units and the first-epoch rule warned on it)."""
-    if from_scratch:
-        return (medians[-2], "the previous epoch's") if len(medians) >= 2 else (None, "")
-    return (medians[0], "the first epoch's") if medians else (None, "")
+def drift_references(medians: list[float], from_scratch: bool) -> list[tuple[float, str]]:
+    """The median depths to compare the newest epoch with, and their names, from every epoch's training median
+    depth so far (``medians``, oldest first, the newest last; a resumed run's history included).
+
+    A fine-tune: its first epoch's (the starting model's scale, so any drift accumulates against it). A run from
+    scratch: the previous epoch's (a jump), and the one ``DRIFT_WINDOW`` epochs back but not among the first
+    ``SETTLE_EPOCHS`` (a steady drift a little per epoch); never the first epochs' own, which a barely trained
+    network chose (the real scratch run of docs/real_data.md went from 25 to 4-7 units while learning)."""
+    newest = len(medians) - 1
+    if not from_scratch:
+        return [(medians[0], "the first epoch's")] if medians else []
+    out = []
+    if newest >= 1:
+        out.append((medians[newest - 1], "the previous epoch's"))
+    back = max(SETTLE_EPOCHS, newest - DRIFT_WINDOW)
+    if newest - back >= 2:
+        out.append((medians[back], f"epoch {back + 1}'s"))
+    return out

@@ -33,21 +33,34 @@ def match_stamp(stamp: int, gt_stamps: np.ndarray, max_offset_ns: int) -> Option
     return int(gt_stamps[best]) if abs(int(gt_stamps[best]) - stamp) <= max_offset_ns else None
 
 
+def spread_indices(total: int, count: int) -> np.ndarray:
+    """``count`` indices spread evenly over ``range(total)``, the first and the last included (all when fewer)."""
+    if count >= total:
+        return np.arange(total)
+    return np.unique(np.round(np.linspace(0, total - 1, count)).astype(int))
+
+
 def evaluate_bags(predict: Predictor, bags: Sequence[Path], image_topic: str, depth_topic: str,
                   settings: EvalSettings, max_frames: int = 0, every: int = 1, max_offset_ns: int = 0,
-                  progress: bool = True) -> list[dict]:
-    """Per-frame metric rows (with ``stamp_ns``) over the bags' frames that have ground truth."""
+                  progress: bool = True, spread: int = 0) -> list[dict]:
+    """Per-frame metric rows (with ``stamp_ns``) over the bags' frames that have ground truth.
+
+    ``spread`` > 0: score only that many frames, spread evenly over all the ground-truth frames of the bags (the
+    first and the last included), so a fixed budget sees the whole sequence, not its beginning."""
     from tqdm import tqdm
 
     gt = load_ground_truth(bags, depth_topic)
     gt_stamps = np.array(sorted(gt), dtype=np.int64)
+    chosen = None
+    if spread and spread < len(gt_stamps):
+        chosen = set(gt_stamps[spread_indices(len(gt_stamps), spread)].tolist())
     rows = []
     frames: Iterable = iter_images(bags, image_topic)
     for i, (stamp, rgb) in enumerate(tqdm(frames, disable=not progress, desc="evaluate", unit="frame")):
         if i % every:
             continue
         match = match_stamp(stamp, gt_stamps, max_offset_ns)
-        if match is None:
+        if match is None or (chosen is not None and match not in chosen):
             continue
         row = evaluate_frame(gt[match], predict(rgb), settings)
         if row is not None:

@@ -19,6 +19,8 @@ from typing import Optional
 
 import numpy as np
 
+from spidepth_ros.geometry import matrix_to_axis_angle, project_points, unit_rays
+
 #: corners tracked per pair (more cost little at network resolution)
 MAX_CORNERS = 300
 #: fraction of tracks kept when re-fitting the rotation (the rest: outliers, moving objects, far parallax)
@@ -47,31 +49,18 @@ def rotation_from_rays(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return vt.T @ np.diag([1.0, 1.0, d]) @ u.T
 
 
-def _rays(points: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Pixel points ``[N, 2]`` -> unit rays ``[N, 3]`` through intrinsics ``k`` (3x3, pixels)."""
-    x = (points[:, 0] - k[0, 2]) / k[0, 0]
-    y = (points[:, 1] - k[1, 2]) / k[1, 1]
-    rays = np.stack([x, y, np.ones_like(x)], axis=1)
-    return rays / np.linalg.norm(rays, axis=1, keepdims=True)
-
-
-def _project(rays: np.ndarray, k: np.ndarray) -> np.ndarray:
-    z = np.maximum(rays[:, 2], 1e-6)
-    return np.stack([k[0, 0] * rays[:, 0] / z + k[0, 2], k[1, 1] * rays[:, 1] / z + k[1, 2]], axis=1)
-
-
 def rotation_compensated_parallax(p0: np.ndarray, p1: np.ndarray, k: np.ndarray) -> PairMotion:
     """Parallax left after the best-fitting rotation maps the points ``p0 [N, 2]`` onto ``p1 [N, 2]`` (pixels,
     intrinsics ``k`` 3x3 of the same image)."""
     if len(p0) < MIN_TRACKS:
         return PairMotion(float("nan"), float("nan"), len(p0), None)
-    a, b = _rays(p0, k), _rays(p1, k)
+    a, b = unit_rays(p0, k), unit_rays(p1, k)
     keep = np.arange(len(a))
     for _ in range(2):
         r = rotation_from_rays(a[keep], b[keep])
-        residual = np.linalg.norm(_project(a @ r.T, k) - p1, axis=1)
+        residual = np.linalg.norm(project_points(a @ r.T, k) - p1, axis=1)
         keep = np.argsort(residual)[: max(MIN_TRACKS, int(len(a) * INLIER_FRACTION))]
-    residual = np.linalg.norm(_project(a @ r.T, k) - p1, axis=1)
+    residual = np.linalg.norm(project_points(a @ r.T, k) - p1, axis=1)
     angle = np.degrees(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0)))
     return PairMotion(float(np.median(residual)), float(angle), len(p0), r)
 
@@ -110,18 +99,6 @@ class MotionTable:
     rotation_vec: np.ndarray    # [N, max_offset, 3] that rotation as an axis-angle vector (rays of i -> rays of i+o)
 
 
-def rotation_to_vector(r: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.Rodrigues(np.asarray(r, np.float64))[0][:, 0]
-
-
-def vector_to_rotation(v: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.Rodrigues(np.asarray(v, np.float64).reshape(3, 1))[0]
-
-
 def parallax_table(frames: np.ndarray, k: np.ndarray, max_offset: int, progress: bool = False,
                    desc: str = "parallax") -> MotionTable:
     """:class:`MotionTable` of ``frames`` ``[N, H, W, 3]`` uint8 for offsets ``1..max_offset``."""
@@ -138,7 +115,7 @@ def parallax_table(frames: np.ndarray, k: np.ndarray, max_offset: int, progress:
             m = pair_motion(frames[i], frames[i + o], k)
             parallax[i, o - 1], rotation[i, o - 1] = m.parallax_px, m.rotation_deg
             if m.rotation is not None:
-                vectors[i, o - 1] = rotation_to_vector(m.rotation)
+                vectors[i, o - 1] = matrix_to_axis_angle(m.rotation)
     return MotionTable(parallax, rotation, vectors)
 
 

@@ -26,7 +26,7 @@ from spidepth_ros.presets import ModelPreset, get_preset
 from .config import TrainConfig, save_config
 from .diagnostics import EpochDiagnostics, pose_errors, rotation_angle_deg
 from .losses import SelfSupervisedLoss
-from .pose_refine import refine_transforms
+from .pose_refine import refine_transforms, refine_transforms_lm
 from .warping import pose_from_axis_angle, scale_translation_by_mean_inverse_depth
 
 
@@ -83,6 +83,18 @@ def build_models(cfg: TrainConfig) -> tuple[ModelPreset, nn.Module, nn.Module, O
 
 TRANSLATION_SCALINGS = ("mean_inverse_depth", "none")
 POSE_INITS = ("posenet", "image_rotation", "recorded")
+REFINE_METHODS = ("lm", "adam")
+
+
+@dataclass
+class PairPoses:
+    """The (prev, next) target-to-source transforms ``[B, 4, 4]`` of one batch, by where they came from."""
+
+    posenet: list[torch.Tensor]        # PoseNet's (translation in the warp's units)
+    start: list[torch.Tensor]          # what the refinement starts from (pose.init)
+    warp: list[torch.Tensor]           # what the loss warps with: the refined poses, or the start without refinement
+    distill: Optional[torch.Tensor]    # PoseNet's L1 to the refined poses (None without refinement)
+    diagnostics: dict                  # refinement statistics for the epoch summary
 
 
 class Trainer:
@@ -104,9 +116,13 @@ class Trainer:
             # a zero translation makes the warp independent of depth: only smoothness would train it, to a flat map
             raise ValueError("pose.init=image_rotation starts each pair with no translation, which pose.refine_steps "
                              "must then find: with refine_steps 0 the warp ignores depth and training flattens "
-                             "it; set pose.refine_steps (e.g. 20) or pose.init=posenet")
+                             "it; set pose.refine_steps (e.g. 5) or pose.init=posenet")
         if cfg.pose.init == "recorded" and not cfg.data.pose_topic:
             raise ValueError("pose.init=recorded trains with the recording's own poses: set data.pose_topic")
+        if cfg.pose.refine_method not in REFINE_METHODS:
+            raise ValueError(f"pose.refine_method must be one of {REFINE_METHODS}, not {cfg.pose.refine_method!r}")
+        if cfg.pose.refine_method == "lm" and cfg.pose.refine_levels < 1:
+            raise ValueError("pose.refine_levels must be at least 1 (the full-resolution image)")
         if cfg.loss.translation_scaling not in TRANSLATION_SCALINGS:
             raise ValueError(f"loss.translation_scaling must be one of {TRANSLATION_SCALINGS}, not "
                              f"{cfg.loss.translation_scaling!r}")
@@ -144,7 +160,13 @@ class Trainer:
         depth = net(images)
         return F.interpolate(depth, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-    def compute_loss(self, batch: dict) -> dict:
+    def compute_loss(self, batch: dict, validation: bool = False) -> dict:
+        """The loss of one batch and what it did (see :meth:`_poses` for where the warp's poses come from).
+
+        ``validation``: also the photometric error with PoseNet's poses alone (``photometric_posenet``, no
+        refinement: a plain number, not optimised on the frames it scores) and with the start poses
+        (``photometric_start``), and the pose errors of the start and refined poses where recorded ones exist.
+        """
         b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         pose = self._ddp_pose or self.pose_net
         with torch.autocast(self.device.type, enabled=self.use_amp):
@@ -152,73 +174,102 @@ class Trainer:
             # pairs always in temporal order; the previous frame's pose is inverted (reference section 3)
             aa_p, t_p = pose(torch.cat([b["prev_aug"], b["target_aug"]], 1))
             aa_n, t_n = pose(torch.cat([b["target_aug"], b["next_aug"]], 1))
-        raw_p, raw_n = t_p.float(), t_n.float()
-        scaled = "stereo" not in b and self.cfg.loss.translation_scaling == "mean_inverse_depth"
-
-        def posenet_pair(depth_for_scale: torch.Tensor) -> tuple[list, torch.Tensor, torch.Tensor]:
-            """PoseNet's (prev, next) transforms and translations in the warp's units."""
-            # upstream scales PoseNet's translation by the target's mean inverse depth unless training with
-            # stereo, whose metric baseline fixes the scale instead
-            tp = scale_translation_by_mean_inverse_depth(raw_p, depth_for_scale) if scaled else raw_p
-            tn = scale_translation_by_mean_inverse_depth(raw_n, depth_for_scale) if scaled else raw_n
-            return [pose_from_axis_angle(aa_p.float(), tp, invert=True),
-                    pose_from_axis_angle(aa_n.float(), tn, invert=False)], tp, tn
-
-        transforms, t_p, t_n = posenet_pair(depth.float())
-        posenet_transforms = transforms          # PoseNet's own, whatever the warp ends up using
-        if self.cfg.pose.init == "recorded" and "recorded_transform" in b:
-            # metric poses from SLAM / mocap / odometry where all three frames have one, PoseNet's elsewhere
-            has = b["has_recorded"].view(-1, 1, 1)
-            transforms = [torch.where(has, b["recorded_transform"][:, i], tr) for i, tr in enumerate(transforms)]
-            t_p, t_n = transforms[0][:, :3, 3], transforms[1][:, :3, 3]
-        if self.cfg.pose.init == "image_rotation" and "image_rotation" in b:
-            # the rotation measured from the images and no translation: hand-held video rotates much more than
-            # it translates, and a PoseNet translation fed back through the distillation can run away with the
-            # depth's scale; the refinement below finds the translation (and corrects the rotation)
-            transforms = [torch.cat([torch.cat([b["image_rotation"][:, i], torch.zeros_like(tr[:, :3, 3:])], 2),
-                                     tr[:, 3:]], 1) for i, tr in enumerate(transforms)]
+        posenet_out = (aa_p.float(), t_p.float(), aa_n.float(), t_n.float())
+        poses = self._poses(b, depth.float(), posenet_out)
         sources = [b["prev"], b["next"]]
-        distill = None
-        pc = self.cfg.pose
-        if pc.refine_steps > 0:
-            refinement = refine_transforms(depth.float(), b["target"], sources, transforms, b["K"], b["inv_K"],
-                                           pc.refine_steps, pc.refine_lr_translation, pc.refine_lr_rotation,
-                                           self.cfg.loss.ssim_alpha, self.cfg.loss.ssim_window)
-            refined = refinement.transforms
-            refine_saturated = refinement.saturated.float().mean()
-            # PoseNet learns the refined poses: its own transforms (not the image-rotation start, in which it
-            # does not appear) against the refined ones, in the warp's units (its translation scaled by the
-            # target's mean inverse depth as above, so its output is relative to the scene's depth). The depth
-            # in that scale is detached: the distillation teaches PoseNet, it must not move the depth
-            distill = sum((t[:, :3, :] - r[:, :3, :].detach()).abs().mean()
-                          for t, r in zip(posenet_pair(depth.detach().float())[0], refined))
-            transforms = refined
-            t_p, t_n = refined[0][:, :3, 3], refined[1][:, :3, 3]      # what the warp uses, for the diagnostics
+        transforms = list(poses.warp)
         if "stereo" in b:                  # the 's' frame: a known, fixed transform, no PoseNet
             sources.append(b["stereo"])
             transforms.append(b["stereo_T"])
         out = self.loss_fn(depth.float(), b["target"], sources, transforms, b["K"], b["inv_K"])
-        if distill is not None:
-            out["loss"] = out["loss"] + pc.distill_weight * distill
-            out["pose_distill"] = distill.detach()
-            out["refine_saturated_fraction"] = refine_saturated
+        if poses.distill is not None:
+            out["loss"] = out["loss"] + self.cfg.pose.distill_weight * poses.distill
+            out["pose_distill"] = poses.distill.detach()
+        out.update(poses.diagnostics)
         out["depth"] = depth.detach()
         if "recorded_transform" in b and bool(b["has_recorded"].any()):
-            # how far PoseNet is from the recorded motion, whatever the warp used
+            # how far PoseNet (and, in validation, the start and refined poses) are from the recorded motion
             has = b["has_recorded"]
-            rot_err, dir_err = zip(*(pose_errors(est[has].detach(), b["recorded_transform"][has, i])
-                                     for i, est in enumerate(posenet_transforms)))
-            out["posenet_rotation_error_deg"] = torch.cat(rot_err).mean()
-            out["posenet_direction_error_deg"] = torch.cat(dir_err).nanmean()
+            named = {"posenet": poses.posenet}
+            if validation:
+                named.update(start=poses.start, refined=poses.warp)
+            for name, estimate in named.items():
+                rot_err, dir_err = zip(*(pose_errors(est[has].detach(), b["recorded_transform"][has, i])
+                                         for i, est in enumerate(estimate)))
+                out[f"{name}_rotation_error_deg"] = torch.cat(rot_err).mean()
+                out[f"{name}_direction_error_deg"] = torch.cat(dir_err).nanmean()
+        if validation:
+            with torch.no_grad():
+                for name, estimate in (("posenet", poses.posenet), ("start", poses.start)):
+                    plain = [*estimate, *transforms[2:]]          # the stereo frame, if any, as in training
+                    out[f"photometric_{name}"] = self.loss_fn(depth.float(), b["target"], sources, plain, b["K"],
+                                                              b["inv_K"])["photometric"]
         if "offsets" in b:
             out["frame_offset"] = b["offsets"].float().mean()
             out["parallax_px"] = b["parallax_px"].float().nanmean()
-        with torch.no_grad():    # PoseNet's motion, for the per-epoch diagnostics (metres of model units, degrees)
-            out["translation_norm"] = 0.5 * (t_p.detach().reshape(-1, 3).norm(dim=1).mean() +
-                                             t_n.detach().reshape(-1, 3).norm(dim=1).mean())
-            # the rotation the warp used (PoseNet's, the image's, or refined), as an angle from the trace
-            out["rotation_deg"] = sum(rotation_angle_deg(tr[:, :3, :3]).mean() for tr in transforms[:2]) / 2
+        if "rotation_measured" in b and self.cfg.pose.init == "image_rotation":
+            # pairs whose rotation could not be measured (too few tracks) start from the identity
+            out["unmeasured_rotation_fraction"] = (~b["rotation_measured"]).float().mean()
+        with torch.no_grad():    # the motion the warp used, for the per-epoch diagnostics (model units, degrees)
+            out["translation_norm"] = sum(tr[:, :3, 3].norm(dim=1).mean() for tr in poses.warp) / 2
+            out["rotation_deg"] = sum(rotation_angle_deg(tr[:, :3, :3]).mean() for tr in poses.warp) / 2
         return out
+
+    def _poses(self, b: dict, depth: torch.Tensor, posenet_out: tuple) -> "PairPoses":
+        """Each pair's (prev, next) target-to-source transforms: PoseNet's, the start (``pose.init``), and the ones
+        the warp uses (the start refined, when ``pose.refine_steps`` > 0), plus the distillation term."""
+        aa_p, raw_p, aa_n, raw_n = posenet_out
+        scaled = "stereo" not in b and self.cfg.loss.translation_scaling == "mean_inverse_depth"
+
+        def posenet_pair(depth_for_scale: torch.Tensor) -> list[torch.Tensor]:
+            # upstream scales PoseNet's translation by the target's mean inverse depth unless training with
+            # stereo, whose metric baseline fixes the scale instead
+            tp = scale_translation_by_mean_inverse_depth(raw_p, depth_for_scale) if scaled else raw_p
+            tn = scale_translation_by_mean_inverse_depth(raw_n, depth_for_scale) if scaled else raw_n
+            return [pose_from_axis_angle(aa_p, tp, invert=True), pose_from_axis_angle(aa_n, tn, invert=False)]
+
+        posenet = posenet_pair(depth)
+        start = posenet
+        pc = self.cfg.pose
+        if pc.init == "recorded" and "recorded_transform" in b:
+            # metric poses from SLAM / mocap / odometry where all three frames have one, PoseNet's elsewhere
+            has = b["has_recorded"].view(-1, 1, 1)
+            start = [torch.where(has, b["recorded_transform"][:, i], tr) for i, tr in enumerate(posenet)]
+        if pc.init == "image_rotation" and "image_rotation" in b:
+            # the rotation measured from the images and no translation: hand-held video rotates much more than
+            # it translates; the refinement below finds the translation (and corrects the rotation)
+            start = [torch.cat([torch.cat([b["image_rotation"][:, i], torch.zeros_like(tr[:, :3, 3:])], 2),
+                                tr[:, 3:]], 1) for i, tr in enumerate(posenet)]
+        diagnostics: dict = {}
+        if pc.refine_steps <= 0:
+            return PairPoses(posenet, start, start, None, diagnostics)
+        sources = [b["prev"], b["next"]]
+        if pc.refine_method == "lm":
+            candidates = [[s.detach()] for s in start]
+            if pc.posenet_start and pc.init != "posenet":
+                # PoseNet competes with the start pair by pair: where it already explains the images better, the
+                # refinement begins there (fewer iterations to the same pose); where it is still poor, the start
+                for c, p in zip(candidates, posenet):
+                    c.append(p.detach())
+            found = refine_transforms_lm(depth.detach(), b["target"], sources, candidates, b["K"], pc.refine_steps,
+                                         pc.refine_levels, pc.rotation_stiffness)
+            refined = found.transforms
+            if pc.posenet_start and pc.init != "posenet":
+                diagnostics["refine_posenet_start_fraction"] = (found.start_index == 1).float().mean()
+            diagnostics["refine_cost_reduction"] = (1 - found.final_cost / found.start_cost.clamp_min(1e-12)).mean()
+        else:
+            found = refine_transforms(depth, b["target"], sources, start, b["K"], b["inv_K"], pc.refine_steps,
+                                      pc.refine_lr_translation, pc.refine_lr_rotation, self.cfg.loss.ssim_alpha,
+                                      self.cfg.loss.ssim_window)
+            refined = found.transforms
+            diagnostics["refine_saturated_fraction"] = found.saturated.float().mean()
+            diagnostics["refine_rotation_saturated_fraction"] = found.rotation_saturated.float().mean()
+        # PoseNet learns the refined poses: its own transforms against the refined ones, in the warp's units (its
+        # translation scaled by the target's mean inverse depth as above). The depth inside that scaling is
+        # detached: the distillation teaches PoseNet, it must not move the depth
+        distill = sum((t[:, :3, :] - r[:, :3, :].detach()).abs().mean()
+                      for t, r in zip(posenet_pair(depth.detach()), refined))
+        return PairPoses(posenet, start, refined, distill, diagnostics)
 
     def depth_frozen(self) -> bool:
         return self.global_step < self.cfg.optim.pose_warmup_steps

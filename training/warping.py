@@ -10,16 +10,26 @@ from torch.nn import functional as F
 
 
 def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
-    """Rodrigues. ``[B, 3]`` (or ``[B, 1, 1, 3]``) radians -> ``[B, 3, 3]``."""
+    """Rodrigues. ``[B, 3]`` (or ``[B, 1, 1, 3]``) radians -> ``[B, 3, 3]``; the torch twin of
+    :func:`spidepth_ros.geometry.axis_angle_to_matrix` (parity-tested).
+
+    Written as ``cos(t) I + (sin(t)/t) [v]x + ((1 - cos(t))/t^2) v v^T`` with the coefficients' Taylor series
+    below 1e-3 rad, so it is exact at zero and so is its gradient (the ``v / (|v| + eps)`` form upstream uses
+    has a zero gradient there: a pose correction starting at zero could never rotate).
+    """
     v = axis_angle.reshape(-1, 3)
-    theta = torch.linalg.norm(v, dim=1, keepdim=True)
-    a = v / (theta + 1e-7)
-    zero = torch.zeros_like(a[:, 0])
-    ax = torch.stack([zero, -a[:, 2], a[:, 1], a[:, 2], zero, -a[:, 0], -a[:, 1], a[:, 0], zero], 1).view(-1, 3, 3)
-    cos = torch.cos(theta)[..., None]
-    sin = torch.sin(theta)[..., None]
-    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand_as(ax)
-    return cos * eye + sin * ax + (1 - cos) * (a[:, :, None] * a[:, None, :])
+    theta2 = (v * v).sum(1)[:, None, None]
+    small = theta2 < 1e-6
+    theta2_safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = theta2_safe.sqrt()
+    sinc = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
+    cosc = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2_safe)
+    cos = torch.where(small, 1 - theta2 / 2, torch.cos(theta))
+    x, y, z = v.unbind(1)
+    o = torch.zeros_like(x)
+    skew = torch.stack([o, -z, y, z, o, -x, -y, x, o], 1).view(-1, 3, 3)
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand_as(skew)
+    return cos * eye + sinc * skew + cosc * (v[:, :, None] * v[:, None, :])
 
 
 def pose_from_axis_angle(axis_angle: torch.Tensor, translation: torch.Tensor, invert: bool = False) -> torch.Tensor:
