@@ -61,20 +61,32 @@ def test_cache_holds_rotations_that_match_the_true_relative_rotation(store, synt
         assert _angle_deg(true) > 3.0                   # the path turns: there is a rotation to find
         # the rotation-only fit absorbs a little of the forward translation's flow: within 20 % of the angle
         assert _angle_deg(got[i] @ true.T) < 0.2 * _angle_deg(true)
+    assert data[0]["rotation_measured"].tolist() == [True, True]
+    # offsets beyond the measured table (max_offset 4) have no rotation: identity, and flagged for the count
+    far = TripletDataset([store], [(0, 2, 7, 10)], 320, 96, augment=False)[0]
+    assert far["rotation_measured"].tolist() == [False, True]
+    np.testing.assert_allclose(far["image_rotation"][0].numpy(), np.eye(3))
 
 
-def test_flipped_item_mirrors_the_image_rotation(store):
+def test_flipped_item_rotation_is_what_the_mirrored_images_measure(store):
+    """The flipped item's rotation must be the rotation measured from the mirrored frames themselves (tracked
+    again, with the mirrored intrinsics): an independent measurement, not the mirror formula restated."""
+    from spidepth_ros.geometry import PinholeIntrinsics
+    from spidepth_ros.training.parallax import pair_motion
+
     data = TripletDataset([store], [(0, 2, 5, 8)] * 8, 320, 96, augment=True, flip=True, jitter=False, seed=1)
-    plain = TripletDataset([store], [(0, 2, 5, 8)], 320, 96, augment=False)[0]["image_rotation"].numpy()
     flips = [np.random.default_rng([1, 0, i]).random() < 0.5 for i in range(8)]   # the dataset's own rule
     assert any(flips) and not all(flips)
-    mirror = np.diag([-1.0, 1.0, 1.0])
-    for i, flipped in enumerate(flips):
-        want = mirror @ plain @ mirror if flipped else plain
-        np.testing.assert_allclose(data[i]["image_rotation"].numpy(), want, atol=1e-6)
-    # a yaw about the camera's y axis changes sign in the mirror
-    if flips[0] or flips[1]:
-        assert np.sign(data[flips.index(True)]["image_rotation"][1, 0, 2]) == -np.sign(plain[1, 0, 2])
+    mirrored_k = PinholeIntrinsics.from_normalized(store.k_normalized, 320, 96).flipped().matrix()
+    mirror = [np.ascontiguousarray(store.frames[i][:, ::-1]) for i in (2, 5, 8)]
+    measured = [pair_motion(mirror[0], mirror[1], mirrored_k).rotation.T,     # target -> prev
+                pair_motion(mirror[1], mirror[2], mirrored_k).rotation]       # target -> next
+    flipped_item = data[flips.index(True)]["image_rotation"].double().numpy()
+    plain_item = data[flips.index(False)]["image_rotation"].double().numpy()
+    for i in range(2):
+        assert _angle_deg(flipped_item[i] @ measured[i].T) < 0.1
+        assert _angle_deg(plain_item[i]) > 1.0                       # there is a turn to mirror
+        assert _angle_deg(plain_item[i] @ measured[i].T) > 1.0       # and mirroring changes it
 
 
 def test_triplets_chosen_by_parallax_reach_it_with_the_nearest_frames(store):

@@ -361,6 +361,11 @@ def test_evaluation_against_depth_topic_exact_cases(bags):
     scaled = evaluate_bags(lambda rgb: 2 * perfect(rgb), [bags["val"]], "/camera/image_raw", "/camera/depth",
                            EvalSettings(0.1, 40.0), progress=False)
     assert scaled[0]["abs_rel"] < 1e-6 and scaled[0]["scale"] == pytest.approx(0.5)
+    # a budget of frames is spread over the whole bag: its first and last ground-truth frames and even steps
+    spread = evaluate_bags(perfect, [bags["val"]], "/camera/image_raw", "/camera/depth", EvalSettings(0.1, 40.0),
+                           progress=False, spread=7)
+    stamps = sorted(gt)
+    assert [r["stamp_ns"] for r in spread] == [stamps[i] for i in (0, 4, 8, 12, 15, 19, 23)]
 
 
 def test_eval_cli_with_16uc1_ground_truth(tmp_path, small_onnx):
@@ -440,22 +445,27 @@ def test_flipped_stereo_item_with_a_centred_principal_point(rng):
         assert float(item["stereo_T"][0, 3]) == pytest.approx(0.25 if flipped else -0.25)
 
 
-def test_pose_refinement_step_trains_depth_on_refined_poses_and_distils_posenet(bags, tmp_path):
-    """pose.refine_steps: the loss carries PoseNet's distance to the refined poses and both networks learn."""
-    from spidepth_ros.training.config import config_from_dict
+def test_default_recipe_step_trains_depth_and_only_the_distillation_trains_posenet(bags, tmp_path):
+    """config/train.yaml's pose section (image-rotation start, LM refinement): both networks learn, and PoseNet's
+    gradient comes from the distillation alone (with distill_weight 0 its parameters stay exactly as they were,
+    since the warp does not use PoseNet's poses: a dead distillation would show as that). Whether the refined
+    poses are right is test_trainer_oracle.py's business, against the truth."""
+    from spidepth_ros.training.config import config_from_dict, load_config
 
-    base = make_cfg(bags, tmp_path / "refine").to_dict()
-    base["pose"] = {"init": "posenet", "refine_steps": 3, "refine_method": "adam"}
-    cfg = config_from_dict(base)
-    trainer, data = _trainer_and_data(cfg, tmp_path / "cache")
-    pose0 = parameters(trainer.pose_net)
-    batch = next(iter(torch.utils.data.DataLoader(data.train, batch_size=4)))
-    out = trainer.train_step(batch)
-    assert float(out["pose_distill"]) > 0 and torch.isfinite(out["loss"])
-    # the refined translation is what the warp used: larger than the untrained PoseNet's 0.01-scaled output
-    assert float(out["translation_norm"]) > 0.01
-    # the share of the 2 x 4 pairs whose correction hit its step limit, which the per-epoch warning reads
-    # (its numbers against the truth: test_loss_oracle.py)
-    saturated = float(out["refine_saturated_fraction"]) * 8
-    assert 0 <= saturated <= 8 and saturated == pytest.approx(round(saturated))
-    assert any(not torch.equal(v, dict(trainer.pose_net.named_parameters())[k]) for k, v in pose0.items())
+    default_pose = load_config(REPO / "config" / "train.yaml").to_dict()["pose"]
+    assert default_pose["init"] == "image_rotation" and default_pose["refine_method"] == "lm"
+    changed = {}
+    for weight in (1.0, 0.0):
+        base = make_cfg(bags, tmp_path / f"refine{weight}").to_dict()
+        base["pose"] = {**default_pose, "distill_weight": weight, "posenet_start": False}
+        base["data"].update(target_parallax_px=0.0, max_frame_offset=4)
+        trainer, data = _trainer_and_data(config_from_dict(base), tmp_path / f"cache{weight}")
+        pose0, depth0 = parameters(trainer.pose_net), parameters(trainer.depth_net)
+        batch = next(iter(torch.utils.data.DataLoader(data.train, batch_size=4)))
+        out = trainer.train_step(batch)
+        assert torch.isfinite(out["loss"]) and 0 < float(out["refine_cost_reduction"]) < 1
+        now = dict(trainer.pose_net.named_parameters())
+        changed[weight] = any(not torch.equal(v, now[k]) for k, v in pose0.items())
+        depth_now = dict(trainer.depth_net.named_parameters())
+        assert any(not torch.equal(v, depth_now[k]) for k, v in depth0.items())
+    assert changed == {1.0: True, 0.0: False}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from spidepth_ros.training.cli import main, remove_stale_partial_saves
 
@@ -187,3 +188,38 @@ def test_every_training_key_is_in_the_documented_config_and_shipped_recipes_load
         assert cfg.model.preset == "small_r18_96x320"
     handheld = load_config(Path(__file__).parents[1] / "config" / "train_handheld.yaml")
     assert handheld.pose.init == "image_rotation" and handheld.data.max_frame_offset > 0
+
+
+def test_pose_errors_of_a_known_rotation_and_direction_offset():
+    """pose_errors on transforms built with a known error: a 3 degree extra rotation about an arbitrary axis and a
+    translation turned 20 degrees and scaled 5x (monocular scale is not an error)."""
+    from spidepth_ros.geometry import axis_angle_to_matrix
+    from spidepth_ros.training.diagnostics import pose_errors
+
+    recorded = np.eye(4)
+    recorded[:3, :3] = axis_angle_to_matrix([0.02, -0.05, 0.01])
+    recorded[:3, 3] = [0.1, 0.0, 0.8]
+    axis = np.array([0.3, 0.8, -0.5]) / np.linalg.norm([0.3, 0.8, -0.5])
+    estimated = recorded.copy()
+    estimated[:3, :3] = recorded[:3, :3] @ axis_angle_to_matrix(np.radians(3.0) * axis)
+    normal = np.cross(recorded[:3, 3], [0.0, 1.0, 0.0])
+    normal /= np.linalg.norm(normal)
+    estimated[:3, 3] = 5.0 * axis_angle_to_matrix(np.radians(20.0) * normal) @ recorded[:3, 3]
+    rotation, direction = pose_errors(torch.tensor(estimated)[None], torch.tensor(recorded)[None])
+    assert float(rotation[0]) == pytest.approx(3.0, abs=1e-4)
+    assert float(direction[0]) == pytest.approx(20.0, abs=1e-4)
+
+
+def test_best_epoch_is_chosen_by_plain_numbers_not_the_refined_photometric():
+    """Without depth metrics best.pt follows PoseNet's photometric error (no refinement optimised it on the
+    validation frames), not the refined poses' one; with depth metrics, AbsRel."""
+    from spidepth_ros.training.cli import BestTracker
+    from spidepth_ros.training.evaluate import spread_indices
+
+    tracker = BestTracker()
+    assert tracker.update(0, {"val_photometric": 0.040, "val_photometric_posenet": 0.20})
+    assert not tracker.update(1, {"val_photometric": 0.030, "val_photometric_posenet": 0.21})
+    assert tracker.update(2, {"val_photometric": 0.050, "val_photometric_posenet": 0.19})
+    assert tracker.key == "val_photometric_posenet" and tracker.epoch == 2
+    assert tracker.update(3, {"val_photometric_posenet": 0.30, "val_abs_rel": 0.5})   # like with like from here
+    assert list(spread_indices(200, 5)) == [0, 50, 100, 149, 199] and list(spread_indices(3, 10)) == [0, 1, 2]

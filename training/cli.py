@@ -297,6 +297,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if "train_depth_median" in diagnostics:
             medians.append(diagnostics["train_depth_median"])
         result = {**diagnostics, **(validate(trainer, data.val, cfg) if len(data.val) else {})}
+        # wall time of training so far (validation of earlier epochs included, resumes added up): each documented
+        # run's time comes from its own metrics.jsonl
+        result["elapsed_min"] = trainer.elapsed_s / 60.0
         if len(data.val):
             batch = next(iter(torch.utils.data.DataLoader(data.val, batch_size=4)))
             with torch.no_grad():

@@ -16,6 +16,7 @@ a better starting point batch after batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch.nn import functional as F
@@ -155,9 +156,10 @@ def _make_level(depth, target, source, k, level: int) -> _Level:
 
 
 def _evaluate(level: _Level, transform: torch.Tensor, want_jacobian: bool, translation_unit: torch.Tensor,
-              automask: bool = True):
+              automask: bool = True, brightness: Optional[torch.Tensor] = None):
     """Per-pair robust cost ``[B]`` of ``transform`` ``[B, 4, 4]`` and, if asked, the Gauss-Newton system
-    (``H [B, 6, 6]``, ``g [B, 6]``) of a left correction ``[exp(da) | dt * translation_unit]``.
+    (``H [B, 8, 8]``, ``g [B, 8]``) of a left correction ``[exp(da) | dt * translation_unit]`` and of the source's
+    brightness ``[B, 2]`` (gain - 1, bias; None: 1 and 0).
 
     Cost per pixel: ``min(huber(I_s(warp(u)) - I_t(u)), huber(I_s(u) - I_t(u)))`` summed over channels (the
     identity term is the automask of the training loss: a pixel a static camera explains better does not pull
@@ -174,7 +176,11 @@ def _evaluate(level: _Level, transform: torch.Tensor, want_jacobian: bool, trans
     grid = torch.stack([u / (level.width - 1) * 2 - 1, v / (level.height - 1) * 2 - 1], -1).view(b, 1, n, 2)
     sampled = F.grid_sample(level.source_stack, grid, mode="bilinear", padding_mode="border",
                             align_corners=True)[:, :, 0]                     # [B, 3C, N]
-    residual = sampled[:, :c] - level.target                                 # [B, C, N]
+    if brightness is None:
+        brightness = torch.zeros(b, 2, dtype=transform.dtype, device=transform.device)
+    gain = 1 + brightness[:, 0, None, None]                                  # [B, 1, 1]
+    # the source's exposure may differ (auto-exposure): its colours are matched as gain * source + bias
+    residual = gain * sampled[:, :c] + brightness[:, 1, None, None] - level.target     # [B, C, N]
     warped_cost = _huber(residual, HUBER_DELTA).sum(1)
     used = valid & (warped_cost < level.identity_cost) if automask else valid
     cost = torch.where(used, warped_cost, level.identity_cost).mean(1)
@@ -192,7 +198,9 @@ def _evaluate(level: _Level, transform: torch.Tensor, want_jacobian: bool, trans
         return torch.cat([rot, d_dq * translation_unit[:, None, None]], 1)
 
     ju, jv = through_correction(du_dq), through_correction(dv_dq)           # [B, 6, N]
-    jac = gu[:, :, None] * ju[:, None] + gv[:, :, None] * jv[:, None]        # [B, C, 6, N]
+    jac = gain[..., None] * (gu[:, :, None] * ju[:, None] + gv[:, :, None] * jv[:, None])    # [B, C, 6, N]
+    # and d residual / d (gain - 1, bias): the sampled source colour, and 1
+    jac = torch.cat([jac, sampled[:, :c, None], torch.ones_like(sampled[:, :c, None])], 2)  # [B, C, 8, N]
     # IRLS weights of the Huber cost, zero where the pixel is not used
     weight = torch.where(residual.abs() <= HUBER_DELTA, torch.ones_like(residual),
                          HUBER_DELTA / residual.abs().clamp_min(1e-12)) * used[:, None]
@@ -203,7 +211,7 @@ def _evaluate(level: _Level, transform: torch.Tensor, want_jacobian: bool, trans
 
 
 def _correct(transform: torch.Tensor, step: torch.Tensor, translation_unit: torch.Tensor) -> torch.Tensor:
-    return compose_correction(step[:, :3], step[:, 3:] * translation_unit[:, None], transform)
+    return compose_correction(step[:, :3], step[:, 3:6] * translation_unit[:, None], transform)
 
 
 @dataclass
@@ -249,19 +257,21 @@ def refine_transforms_lm(depth: torch.Tensor, target: torch.Tensor, sources: lis
             start = torch.stack([c.detach().float() for c in candidates])[best, torch.arange(len(best))]
             start_cost = costs.min(0).values
             evaluations += len(candidates)
-            x = torch.zeros(len(best), 6, dtype=start.dtype, device=start.device)     # (a, t) of the correction
+            # (a, t) of the correction and the source's (gain - 1, bias)
+            x = torch.zeros(len(best), 8, dtype=start.dtype, device=start.device)
             for level_index in reversed(range(levels)):
                 level = full if level_index == 0 else _make_level(depth, target, source, k, level_index)
                 automask = level_index < AUTOMASK_FROM_LEVEL
-                data_cost, hessian, gradient = _evaluate(level, _correct(start, x, unit), True, unit, automask)
+                data_cost, hessian, gradient = _evaluate(level, _correct(start, x, unit), True, unit, automask, x[:, 6:])
                 evaluations += 1
                 weight = rotation_stiffness * hessian[:, :3, :3].diagonal(dim1=1, dim2=2).mean(1)     # [B]
                 prior_h = torch.diag_embed(torch.cat([weight[:, None].expand(-1, 3), torch.zeros_like(x[:, 3:])], 1))
+                zeros = torch.zeros_like(x[:, 3:])
 
                 def with_prior(cost, h, g, state):
                     rot = state[:, :3]
                     return (cost + 0.5 * weight * (rot * rot).sum(1), h + prior_h,
-                            g + torch.cat([weight[:, None] * rot, torch.zeros_like(rot)], 1))
+                            g + torch.cat([weight[:, None] * rot, zeros], 1))
 
                 cost, hessian, gradient = with_prior(data_cost, hessian, gradient, x)
                 damping = torch.full_like(cost, LM_DAMPING)
@@ -271,7 +281,7 @@ def refine_transforms_lm(depth: torch.Tensor, target: torch.Tensor, sources: lis
                     step = torch.nan_to_num(-torch.linalg.solve(system, gradient[..., None])[..., 0])
                     proposal = x + step
                     new_cost, new_h, new_g = with_prior(*_evaluate(level, _correct(start, proposal, unit), True,
-                                                                   unit, automask), proposal)
+                                                                   unit, automask, proposal[:, 6:]), proposal)
                     evaluations += 1
                     better = new_cost < cost
                     x = torch.where(better[:, None], proposal, x)
@@ -282,6 +292,6 @@ def refine_transforms_lm(depth: torch.Tensor, target: torch.Tensor, sources: lis
             transform = _correct(start, x, unit)
             refined.append(transform)
             start_costs.append(start_cost)
-            final_costs.append(_evaluate(full, transform, False, unit)[0])
+            final_costs.append(_evaluate(full, transform, False, unit, True, x[:, 6:])[0])
             chosen.append(best)
     return LMResult(refined, torch.cat(start_costs), torch.cat(final_costs), torch.cat(chosen), evaluations)
