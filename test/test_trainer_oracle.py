@@ -19,6 +19,7 @@ from spidepth_ros.synth import SynthConfig, render_sequence, write_bag
 from spidepth_ros.training.config import config_from_dict
 from spidepth_ros.training.data import TripletDataset, attach_poses, load_frames
 from spidepth_ros.training.trainer import Trainer
+from test_handheld import _loss_and_warped_transforms as warped_with   # the loss module's inputs, spied
 
 # a slow camera on a path with turns (hand-held-like parallax of a few pixels), every rendered frame kept
 SEQUENCE = SynthConfig(frames=14, seed=4, width=320, height=96, speed=2.0)
@@ -83,18 +84,6 @@ def true_transforms(frames) -> list[torch.Tensor]:
 def photometric(trainer, batch) -> float:
     with torch.no_grad():
         return float(trainer.compute_loss(batch)["photometric"])
-
-
-def warped_with(trainer, batch) -> tuple[dict, list[torch.Tensor]]:
-    seen = []
-    original = trainer.loss_fn.forward
-
-    def spy(depth, target, sources, transforms, k, inv_k):
-        seen.extend(t.detach().clone() for t in transforms)
-        return original(depth, target, sources, transforms, k, inv_k)
-
-    trainer.loss_fn.forward = spy
-    return trainer.compute_loss(batch), seen
 
 
 PLAIN = {"automask": False, "smoothness": 0.0}
@@ -187,3 +176,35 @@ def test_posenet_start_is_taken_where_it_explains_the_pair_better(scene, tmp_pat
     trainer_off = oracle_trainer({"init": "image_rotation", "posenet_start": False}, {**PLAIN,
                                  "translation_scaling": "none"}, frames, batch, depth, tmp_path)
     assert "refine_posenet_start_fraction" not in trainer_off.compute_loss(batch)
+
+
+def test_lm_gradient_is_the_cost_gradient_by_finite_differences():
+    """The analytic Jacobian of the LM refinement (rotation, translation, exposure gain and bias) against central
+    differences of its own cost, on a smooth image where bilinear sampling has a derivative (a flipped sign in the
+    rotation block, the bug it had while being written, gives a relative error near 1)."""
+    from spidepth_ros.training import pose_refine as pr
+
+    torch.manual_seed(0)
+    b, h, w = 2, 64, 96
+    v, u = torch.meshgrid(torch.arange(h + 0.0), torch.arange(w + 0.0), indexing="ij")
+    source = torch.stack([torch.sin(u * 0.08 + v * 0.05), torch.cos(u * 0.06 - v * 0.07),
+                          torch.sin(u * 0.05) * torch.cos(v * 0.09)])[None].expand(b, 3, h, w) * 0.04 + 0.5
+    target = source + 0.003 * torch.randn(b, 3, h, w)
+    depth = (2 + torch.rand(b, 1, 1, 1) * 3) * torch.ones(b, 1, h, w) + 0.5 * torch.sin(u / 20)[None, None]
+    k = torch.tensor([[60.0, 0, 47.5], [0, 60.0, 31.5], [0, 0, 1]]).expand(b, 3, 3).clone()
+    transform = torch.eye(4).expand(b, 4, 4).clone()
+    transform[:, :3, 3] = torch.tensor([0.01, 0.005, 0.02])
+    level = pr._make_level(depth, target, source.contiguous(), k, 0)
+    unit = depth.flatten(1).median(1).values
+    brightness = torch.tensor([[0.02, 0.01], [0.0, -0.01]])
+    _, _, gradient = pr._evaluate(level, transform, True, unit, False, brightness)
+
+    def cost(step: torch.Tensor) -> torch.Tensor:
+        return pr._evaluate(level, pr._correct(transform, step, unit), False, unit, False, brightness + step[:, 6:])[0]
+
+    eps = 1e-4
+    numeric = torch.stack([(cost(eps * torch.eye(8)[i].expand(b, 8)) - cost(-eps * torch.eye(8)[i].expand(b, 8)))
+                           / (2 * eps) for i in range(8)], 1)
+    pose_error = (gradient[:, :6] - numeric[:, :6]).norm(dim=1) / numeric[:, :6].norm(dim=1)
+    assert float(pose_error.max()) < 0.05, (gradient, numeric)
+    np.testing.assert_allclose(gradient[:, 6:].numpy(), numeric[:, 6:].numpy(), rtol=1e-3)
