@@ -223,3 +223,13 @@ def test_best_epoch_is_chosen_by_plain_numbers_not_the_refined_photometric():
     assert tracker.key == "val_photometric_posenet" and tracker.epoch == 2
     assert tracker.update(3, {"val_photometric_posenet": 0.30, "val_abs_rel": 0.5})   # like with like from here
     assert list(spread_indices(200, 5)) == [0, 50, 100, 149, 199] and list(spread_indices(3, 10)) == [0, 1, 2]
+
+
+def test_a_checkpoint_saved_before_refine_method_resumes_with_adam():
+    from spidepth_ros.training.config import config_from_dict, upgrade_saved_config
+
+    old = {"pose": {"init": "image_rotation", "refine_steps": 20, "refine_lr_translation": 0.002}}
+    assert config_from_dict(upgrade_saved_config(old)).pose.refine_method == "adam"
+    new = {"pose": {"refine_method": "lm", "refine_steps": 5}}
+    assert config_from_dict(upgrade_saved_config(new)).pose.refine_method == "lm"
+    assert config_from_dict(upgrade_saved_config({})).pose.refine_method == "lm"

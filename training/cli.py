@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from spidepth_ros.bagio import BagError, check_bag_path
 from spidepth_ros.metrics import EvalSettings, summarize
 
-from .config import TrainConfig, config_from_dict, load_config, save_config
+from .config import TrainConfig, config_from_dict, load_config, save_config, upgrade_saved_config
 from .data import build_datasets
 from .diagnostics import EpochDiagnostics, collapse_warnings, drift_references, validation_warnings
 from .trainer import Trainer, init_distributed, resolve_device
@@ -212,7 +212,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from spidepth_ros.checkpoint import safe_torch_load
 
         saved = safe_torch_load(args.resume)
-        cfg = config_from_dict(apply_overrides(saved.get("config", {}), overrides))
+        cfg = config_from_dict(apply_overrides(upgrade_saved_config(saved.get("config", {})), overrides))
     else:
         cfg = load_config(args.config, overrides)
     threads = cfg.threads or auto_threads(cfg.data.workers)

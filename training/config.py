@@ -162,6 +162,15 @@ def _build(cls, data: dict, where: str):
     return cls(**kwargs)
 
 
+def upgrade_saved_config(data: dict) -> dict:
+    """A checkpoint's saved config with the keys added since it was written set to what that run did: a run saved
+    before ``pose.refine_method`` existed refined with Adam (the LM default must not change a resumed run)."""
+    pose = data.get("pose")
+    if isinstance(pose, dict) and "refine_steps" in pose and "refine_method" not in pose:
+        pose["refine_method"] = "adam"
+    return data
+
+
 def config_from_dict(data: dict) -> TrainConfig:
     return _build(TrainConfig, data, "config")
 
