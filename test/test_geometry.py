@@ -61,7 +61,8 @@ def test_normalized_intrinsics_survive_resize_and_flip():
 
 def test_axis_angle_round_trip_and_numpy_torch_parity():
     rng = np.random.default_rng(3)
-    vectors = [a * d / np.linalg.norm(d) for a, d in zip((1e-9, 1e-4, 0.3, 2.0, 3.1), rng.normal(size=(5, 3)))] + [np.array([0.0, np.pi - 1e-6, 0])]
+    vectors = [a * d / np.linalg.norm(d) for a, d in zip((1e-9, 1e-4, 0.3, 2.0, 3.1), rng.normal(size=(5, 3)))]
+    vectors.append(np.array([0.0, np.pi - 1e-6, 0]))
     for v in vectors:
         r = g.axis_angle_to_matrix(v)
         # an independent statement of a rotation: orthonormal, det 1, v on its axis, angle |v| from the trace

@@ -369,7 +369,8 @@ def test_recorded_pose_init_warps_with_the_recorded_poses_and_logs_posenet_error
         from spidepth_ros.training.warping import pose_from_axis_angle, scale_translation_by_mean_inverse_depth
         depth = trainer.predict_depth(batch["target_aug"])
         rot_errs, dir_errs = [], []
-        for i, (a, b) in enumerate(((batch["prev_aug"], batch["target_aug"]), (batch["target_aug"], batch["next_aug"]))):
+        pairs = ((batch["prev_aug"], batch["target_aug"]), (batch["target_aug"], batch["next_aug"]))
+        for i, (a, b) in enumerate(pairs):
             aa, t = trainer.pose_net(torch.cat([a, b], 1))
             tr = pose_from_axis_angle(aa, scale_translation_by_mean_inverse_depth(t, depth), invert=i == 0)
             r, d = pose_errors(tr, batch["recorded_transform"][:, i])

@@ -24,6 +24,11 @@ DEPTH_SCALE = 2.5
 MIN_RANGE, MAX_RANGE = 0.5, 60.0
 
 
+
+def centre_scaled(c: float, s: float) -> float:
+    """A principal point after resizing by ``s`` with pixel centres at integers (where cv2.resize puts them)."""
+    return (c + 0.5) * s - 0.5
+
 def make_rgb(seed: int, width: int = W, height: int = H) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return cv2.resize((rng.random((12, 40, 3)) * 255).astype(np.uint8), (width, height),
@@ -204,7 +209,7 @@ def test_outputs_match_independent_computation(node_setup, oracle, encoding, see
     info = harness.info[stamp]
     assert (info.width, info.height) == (OUT_W, OUT_H)
     np.testing.assert_allclose([info.p[0], info.p[5], info.p[2], info.p[6]],
-                               [FX * 0.4, FY * 0.4, CX * 0.4, CY * 0.4], rtol=1e-9)
+                               [FX * 0.4, FY * 0.4, centre_scaled(CX, 0.4), centre_scaled(CY, 0.4)], rtol=1e-9)
     assert list(info.d) == [0.0] * 5
 
     # cloud: depth_image_proc xyzrgb layout and the back-projection formula
@@ -215,7 +220,7 @@ def test_outputs_match_independent_computation(node_setup, oracle, encoding, see
         (32, 32 * OUT_W, OUT_H, OUT_W, False, False)
     pts = cloud_array(pmsg)
     u, v = np.meshgrid(np.arange(OUT_W), np.arange(OUT_H))
-    fx, fy, cx, cy = FX * 0.4, FY * 0.4, CX * 0.4, CY * 0.4
+    fx, fy, cx, cy = FX * 0.4, FY * 0.4, centre_scaled(CX, 0.4), centre_scaled(CY, 0.4)
     np.testing.assert_allclose(pts["z"], depth, equal_nan=True)
     np.testing.assert_allclose(pts["x"], (u - cx) * depth / fx, rtol=1e-5, atol=1e-6, equal_nan=True)
     np.testing.assert_allclose(pts["y"], (v - cy) * depth / fy, rtol=1e-5, atol=1e-6, equal_nan=True)
@@ -241,7 +246,7 @@ def test_camera_info_for_another_size_is_rescaled_and_tx_kept(node_setup):
     assert wait_for(lambda: stamp in harness.info)
     p = np.array(harness.info[stamp].p).reshape(3, 4)
     np.testing.assert_allclose([p[0, 0], p[1, 1], p[0, 2], p[1, 2]],
-                               [FX * 0.4, FY * 0.4, (2 * CX + 0.5) * 0.5 * 0.4, (2 * CY + 0.5) * 0.5 * 0.4])
+                               [FX * 0.4, FY * 0.4, centre_scaled(2 * CX + 0.5, 0.2), centre_scaled(2 * CY + 0.5, 0.2)])
     assert p[0, 3] == pytest.approx(tx * 0.5 * 0.4)
     assert -p[0, 3] / p[0, 0] == pytest.approx(0.12)       # the baseline survives
 
@@ -275,7 +280,8 @@ def test_frame_id_override_runtime_parameters_and_stride(node_setup, oracle):
         pts = cloud_array(pmsg)
         np.testing.assert_allclose(pts["z"], depth[::4, ::4])
         u = np.arange(0, OUT_W, 4)[None, :]
-        np.testing.assert_allclose(pts["x"], (u - CX * 0.4) * depth[::4, ::4] / (FX * 0.4), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(pts["x"], (u - centre_scaled(CX, 0.4)) * depth[::4, ::4] / (FX * 0.4), rtol=1e-5,
+                                   atol=1e-6)
     finally:
         node.set_parameters([Parameter("depth_scale", value=DEPTH_SCALE), Parameter("cloud_stride", value=1),
                              Parameter("max_range", value=MAX_RANGE), Parameter("min_range", value=MIN_RANGE)])

@@ -104,7 +104,8 @@ def test_preprocess_center_crop_intrinsics_and_input_resolution():
     assert prepared.tensor.shape == (1, 3, 96, 320) and float(prepared.tensor.min()) == 1.0
     cam = PinholeIntrinsics(500.0, 500.0, 319.5, 239.5, 640, 480)
     out = pre.output_intrinsics(cam, 160, 48)
-    assert (out.fx, out.cx, out.cy) == pytest.approx((500 * 0.25, 319.5 * 0.25, (239.5 - 144) * 0.25))
+    # pixel centres kept: c' = (c - offset + 0.5) * s - 0.5
+    assert (out.fx, out.cx, out.cy) == pytest.approx((500 * 0.25, 320 * 0.25 - 0.5, (240 - 144) * 0.25 - 0.5))
     depth = np.full((48, 160), 3.0, np.float32)
     full = depth_to_input_resolution(depth, prepared)
     assert full.shape == (480, 640) and np.isnan(full[0, 0]) and full[240, 320] == 3.0

@@ -18,7 +18,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from spidepth_ros.bagio import BagError, check_bag_path
 from spidepth_ros.metrics import EvalSettings, summarize

@@ -2,9 +2,9 @@
 
 Pipeline: read the image topic once (header-stamp order), rectify if the CameraInfo has non-zero D or an R
 (``data.rectify``), resize to the network size and cache the frames as a ``.npy`` memmap (fork-safe for
-DataLoader workers, no bag handle kept open). Intrinsics are kept **normalised** (fx/W, cx/W, fy/H, cy/H), so they stay right under
-the resize. Triplets are chosen by time gap and by motion: frames where the camera did not move are dropped
-(a static camera teaches infinite depth).
+DataLoader workers, no bag handle kept open). Intrinsics are kept **normalised** (fx/W, (cx+0.5)/W, ...), so
+they stay right under the resize. Triplets are chosen by measured parallax (``data.target_parallax_px``) or by
+time gap and motion: frames where the camera did not move are dropped (a static camera teaches infinite depth).
 
 Each item is a dict with string keys (documented here once):
     ``target``, ``prev``, ``next``: ``[3, H, W]`` float in [0, 1], un-augmented (used by the losses);

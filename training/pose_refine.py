@@ -262,7 +262,8 @@ def refine_transforms_lm(depth: torch.Tensor, target: torch.Tensor, sources: lis
             for level_index in reversed(range(levels)):
                 level = full if level_index == 0 else _make_level(depth, target, source, k, level_index)
                 automask = level_index < AUTOMASK_FROM_LEVEL
-                data_cost, hessian, gradient = _evaluate(level, _correct(start, x, unit), True, unit, automask, x[:, 6:])
+                data_cost, hessian, gradient = _evaluate(level, _correct(start, x, unit), True, unit, automask,
+                                                         x[:, 6:])
                 evaluations += 1
                 weight = rotation_stiffness * hessian[:, :3, :3].diagonal(dim1=1, dim2=2).mean(1)     # [B]
                 prior_h = torch.diag_embed(torch.cat([weight[:, None].expand(-1, 3), torch.zeros_like(x[:, 3:])], 1))
