@@ -358,7 +358,9 @@ def test_camera_height_scale_gives_metres_over_dds(ros_context, tmp_path):
     peer.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
     spinner = Spinner(ros_context, peer)
     try:
-        assert wait_for(lambda: pub.get_subscription_count() == 1, 60)
+        # both publishers matched before the first frame: a camera_info sent before the node's info subscription is
+        # discovered is lost, and frame 0 then never gets one (a CI run waited 30 s for it)
+        assert wait_for(lambda: pub.get_subscription_count() == 1 and pub_info.get_subscription_count() == 1, 60)
         k = cfg.intrinsics.matrix()
         for i, f in enumerate(frames):
             from builtin_interfaces.msg import Time
