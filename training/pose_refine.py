@@ -222,7 +222,6 @@ class LMResult:
     start_cost: torch.Tensor           # [num_sources * B] full-resolution cost of the chosen start
     final_cost: torch.Tensor           # [num_sources * B] and of the refined transform
     start_index: torch.Tensor          # [num_sources * B] which candidate start each pair began from
-    evaluations: int                   # cost evaluations per pair (the work done)
 
 
 def refine_transforms_lm(depth: torch.Tensor, target: torch.Tensor, sources: list[torch.Tensor],
@@ -248,7 +247,6 @@ def refine_transforms_lm(depth: torch.Tensor, target: torch.Tensor, sources: lis
     depth = depth.detach().float()
     unit = depth.flatten(1).median(1).values                                 # [B] model units
     refined, start_costs, final_costs, chosen = [], [], [], []
-    evaluations = 0
     with torch.no_grad():
         for source, candidates in zip(sources, starts):
             full = _make_level(depth, target, source, k, 0)
@@ -256,7 +254,6 @@ def refine_transforms_lm(depth: torch.Tensor, target: torch.Tensor, sources: lis
             best = costs.argmin(0)                                           # [B]
             start = torch.stack([c.detach().float() for c in candidates])[best, torch.arange(len(best))]
             start_cost = costs.min(0).values
-            evaluations += len(candidates)
             # (a, t) of the correction and the source's (gain - 1, bias)
             x = torch.zeros(len(best), 8, dtype=start.dtype, device=start.device)
             for level_index in reversed(range(levels)):
@@ -264,7 +261,6 @@ def refine_transforms_lm(depth: torch.Tensor, target: torch.Tensor, sources: lis
                 automask = level_index < AUTOMASK_FROM_LEVEL
                 data_cost, hessian, gradient = _evaluate(level, _correct(start, x, unit), True, unit, automask,
                                                          x[:, 6:])
-                evaluations += 1
                 weight = rotation_stiffness * hessian[:, :3, :3].diagonal(dim1=1, dim2=2).mean(1)     # [B]
                 prior_h = torch.diag_embed(torch.cat([weight[:, None].expand(-1, 3), torch.zeros_like(x[:, 3:])], 1))
                 zeros = torch.zeros_like(x[:, 3:])
@@ -281,10 +277,11 @@ def refine_transforms_lm(depth: torch.Tensor, target: torch.Tensor, sources: lis
                     system = hessian + torch.diag_embed(damping[:, None] * diag + 1e-9)
                     step = torch.nan_to_num(-torch.linalg.solve(system, gradient[..., None])[..., 0])
                     proposal = x + step
-                    new_cost, new_h, new_g = with_prior(*_evaluate(level, _correct(start, proposal, unit), True,
-                                                                   unit, automask, proposal[:, 6:]), proposal)
-                    evaluations += 1
+                    new_data, new_h, new_g = _evaluate(level, _correct(start, proposal, unit), True, unit, automask,
+                                                       proposal[:, 6:])
+                    new_cost, new_h, new_g = with_prior(new_data, new_h, new_g, proposal)
                     better = new_cost < cost
+                    data_cost = torch.where(better, new_data, data_cost)
                     x = torch.where(better[:, None], proposal, x)
                     hessian = torch.where(better[:, None, None], new_h, hessian)
                     gradient = torch.where(better[:, None], new_g, gradient)
@@ -293,6 +290,6 @@ def refine_transforms_lm(depth: torch.Tensor, target: torch.Tensor, sources: lis
             transform = _correct(start, x, unit)
             refined.append(transform)
             start_costs.append(start_cost)
-            final_costs.append(_evaluate(full, transform, False, unit, True, x[:, 6:])[0])
+            final_costs.append(data_cost)    # the full-resolution level's, automasked: the start cost's measure
             chosen.append(best)
-    return LMResult(refined, torch.cat(start_costs), torch.cat(final_costs), torch.cat(chosen), evaluations)
+    return LMResult(refined, torch.cat(start_costs), torch.cat(final_costs), torch.cat(chosen))
