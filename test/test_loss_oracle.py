@@ -88,6 +88,30 @@ def test_translation_scaling_is_upstreams_formula():
     np.testing.assert_allclose(scaled.numpy(), [[0.1 * 0.5, -0.2 * 0.5, 0.3 * 0.5], [2.0, 2.0, 2.0]], rtol=1e-6)
 
 
+def test_depth_relative_translation_keeps_the_warp_when_the_depth_is_rescaled():
+    """``depth_relative``: translation = PoseNet's x the harmonic-mean depth (1 / mean(1/d); 2 and 0.5 here), so
+    a depth map scaled by s gives s times the translation and every pixel lands where it did; the upstream rule
+    moves them (its translation goes as 1/s while the points go as s)."""
+    from spidepth_ros.training.warping import backproject, project, scale_translation_by_harmonic_mean_depth
+
+    depth = torch.tensor([[[[1.0, 2.0], [4.0, 4.0]]], [[[0.5, 0.5], [0.5, 0.5]]]])
+    t = torch.tensor([[[[0.1, -0.2, 0.3]]], [[[1.0, 1.0, 1.0]]]])
+    np.testing.assert_allclose(scale_translation_by_harmonic_mean_depth(t, depth).numpy(),
+                               [[0.2, -0.4, 0.6], [0.5, 0.5, 0.5]], rtol=1e-6)
+    k = torch.tensor([[[2.0, 0, 0.5, 0], [0, 2.0, 0.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]]]).expand(2, 4, 4)
+    inv_k = torch.linalg.inv(k)
+
+    def pixels(depth_map, scale_fn):
+        transform = torch.eye(4).repeat(2, 1, 1)
+        transform[:, :3, 3] = scale_fn(t, depth_map)
+        return project(backproject(depth_map, inv_k), k, transform, 2, 2)
+
+    same = pixels(depth, scale_translation_by_harmonic_mean_depth)
+    torch.testing.assert_close(pixels(3.0 * depth, scale_translation_by_harmonic_mean_depth), same)
+    moved = pixels(3.0 * depth, scale_translation_by_mean_inverse_depth)
+    assert float((moved - pixels(depth, scale_translation_by_mean_inverse_depth)).abs().max()) > 0.01
+
+
 def test_direct_refinement_recovers_the_true_pose_from_identity(sequence):
     """With the true depth held fixed, 40 refinement steps from the identity pose recover the true translation of
     adjacent frames (0.4 m) and bring the error near the truth's. (From 1.2 m away, offset 3, they do not:

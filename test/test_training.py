@@ -189,8 +189,9 @@ def make_cfg(bags, out: Path, **optim) -> TrainConfig:
                  # the mechanics of the loop on PoseNet's poses at a fixed offset (the default recipe: its own tests)
                  "target_parallax_px": 0.0, "max_frame_offset": 0},
         "pose": {"init": "posenet", "refine_steps": 0},
+        "loss": {"translation_scaling": "mean_inverse_depth"},       # upstream's PoseNet units and learning rate
         "model": {"preset": "small_r18_96x320"},
-        "optim": {"batch_size": 4, "lr": 5e-4, "epochs": 1, **optim},
+        "optim": {"batch_size": 4, "lr": 5e-4, "epochs": 1, "pose_lr_factor": 1.0, **optim},
         "out_dir": str(out), "seed": 0, "checkpoint_every": 3, "log_every": 1})
 
 

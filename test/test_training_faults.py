@@ -233,3 +233,30 @@ def test_a_checkpoint_saved_before_refine_method_resumes_with_adam():
     new = {"pose": {"refine_method": "lm", "refine_steps": 5}}
     assert config_from_dict(upgrade_saved_config(new)).pose.refine_method == "lm"
     assert config_from_dict(upgrade_saved_config({})).pose.refine_method == "lm"
+
+
+def test_an_optimiser_state_saved_before_posenet_had_its_own_group_resumes():
+    """Checkpoints written when PoseNet shared the decoder's parameter group (2 groups) load into today's 3: the
+    split puts exactly the PoseNet parameters (with their Adam moments) in the third group, and an old run keeps
+    PoseNet's learning rate (upgrade_saved_config sets pose_lr_factor 1)."""
+    from spidepth_ros.training.config import config_from_dict, upgrade_saved_config
+    from spidepth_ros.training.trainer import Trainer, split_pose_param_group
+
+    old_cfg = upgrade_saved_config({"model": {"preset": "small_r18_96x320"}, "optim": {"lr": 2e-4}})
+    assert old_cfg["optim"]["pose_lr_factor"] == 1.0
+    cfg = config_from_dict({"model": {"preset": "small_r18_96x320"}, "optim": {"lr": 2e-4, "pose_lr_factor": 10.0}})
+    trainer = Trainer(cfg, torch.device("cpu"))
+    for p in [*trainer.depth_net.parameters(), *trainer.pose_net.parameters()]:
+        p.grad = torch.ones_like(p)
+    trainer.optimizer.step()                                        # Adam moments for every parameter
+    today = trainer.optimizer.state_dict()
+    g = today["param_groups"]
+    merged = {**g[1], "params": g[1]["params"] + g[2]["params"]}     # the layout of an old checkpoint
+    old = {"state": today["state"], "param_groups": [g[0], merged]}
+    old_sched = {**trainer.scheduler.state_dict(), "base_lrs": [2e-4, 2e-4], "_last_lr": [2e-4, 2e-4]}
+    decoder = len(list(trainer.depth_net.depth_decoder.parameters()))
+    split, sched = split_pose_param_group(old, old_sched, decoder, 10.0)
+    assert [grp["params"] for grp in split["param_groups"]] == [grp["params"] for grp in g]
+    assert split["param_groups"][2]["lr"] == pytest.approx(2e-3) and sched["base_lrs"][2] == pytest.approx(2e-3)
+    trainer.optimizer.load_state_dict(split)
+    assert split_pose_param_group(today, trainer.scheduler.state_dict(), decoder, 10.0)[0] is today

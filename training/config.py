@@ -62,7 +62,9 @@ class LossConfig:
     smoothness: float = 1e-3                   # weight of the edge-aware smoothness on mean-normalised depth
     automask: bool = True                      # identity automasking (monodepth2's static-pixel rule)
     # PoseNet translation before the warp (monocular frames; stereo never): "mean_inverse_depth" multiplies it by
-    # the target's mean inverse depth as the official trainer does; "none" uses it as it is (monodepth2)
+    # the target's mean inverse depth as the official trainer does; "depth_relative" divides it by that (PoseNet
+    # predicts motion as a fraction of the scene depth, and a depth scaled by s leaves the warp unchanged; no
+    # measured gain yet, bench/posenet_distill.py); "none" uses it as it is (monodepth2)
     translation_scaling: str = "mean_inverse_depth"
 
 
@@ -101,6 +103,8 @@ class OptimConfig:
     max_steps: int = 0                         # stop after this many steps (0 = epochs decide)
     max_minutes: float = 0.0                   # wall-clock budget: no epoch is started that would end past it
                                                # (0 = none); counted across resumes
+    pose_lr_factor: float = 1.0                # PoseNet's learning rate = lr x this (10x fitted one batch faster
+                                               # but did not lower the held-out error: bench/posenet_distill.py)
     pose_warmup_steps: int = 0                 # first N steps train PoseNet only, the depth network frozen (eval):
                                                # a random PoseNet otherwise drags a good depth net to a flat map
 
@@ -168,6 +172,9 @@ def upgrade_saved_config(data: dict) -> dict:
     pose = data.get("pose")
     if isinstance(pose, dict) and "refine_steps" in pose and "refine_method" not in pose:
         pose["refine_method"] = "adam"
+    optim = data.get("optim")
+    if isinstance(optim, dict) and "lr" in optim and "pose_lr_factor" not in optim:
+        optim["pose_lr_factor"] = 1.0          # PoseNet shared the depth decoder's learning rate before
     return data
 
 

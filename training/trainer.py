@@ -27,7 +27,8 @@ from .config import TrainConfig, save_config
 from .diagnostics import EpochDiagnostics, pose_errors, rotation_angle_deg
 from .losses import SelfSupervisedLoss
 from .pose_refine import refine_transforms, refine_transforms_lm
-from .warping import pose_from_axis_angle, scale_translation_by_mean_inverse_depth
+from .warping import (pose_from_axis_angle, scale_translation_by_harmonic_mean_depth,
+                      scale_translation_by_mean_inverse_depth)
 
 
 @dataclass
@@ -81,7 +82,7 @@ def build_models(cfg: TrainConfig) -> tuple[ModelPreset, nn.Module, nn.Module, O
             build_pose_net(preset, cfg.model.pose_backbone_weights or None), None)
 
 
-TRANSLATION_SCALINGS = ("mean_inverse_depth", "none")
+TRANSLATION_SCALINGS = ("mean_inverse_depth", "depth_relative", "none")
 POSE_INITS = ("posenet", "image_rotation", "recorded")
 REFINE_METHODS = ("lm", "adam")
 
@@ -95,6 +96,57 @@ class PairPoses:
     warp: list[torch.Tensor]           # what the loss warps with: the refined poses, or the start without refinement
     distill: Optional[torch.Tensor]    # PoseNet's L1 to the refined poses (None without refinement)
     diagnostics: dict                  # refinement statistics for the epoch summary
+
+
+def posenet_transforms(posenet_out: tuple, depth: torch.Tensor, scaling: str) -> list[torch.Tensor]:
+    """PoseNet's outputs for the (prev, target) and (target, next) pairs -> the (prev, next) target-to-source
+    transforms ``[B, 4, 4]`` the warp takes. ``posenet_out``: ``(axis-angle prev, translation prev, axis-angle next,
+    translation next)``, each ``[B, 1, 1, 3]``; pairs are in temporal order, so the previous one is inverted.
+    ``scaling`` (``loss.translation_scaling``; "none" with a stereo frame, whose metric baseline fixes the scale):
+    upstream multiplies the translation by the target's mean inverse depth, depth_relative divides by it."""
+    aa_p, raw_p, aa_n, raw_n = posenet_out
+    scale_fn = {"mean_inverse_depth": scale_translation_by_mean_inverse_depth,
+                "depth_relative": scale_translation_by_harmonic_mean_depth}.get(scaling)
+    tp = scale_fn(raw_p, depth) if scale_fn else raw_p.reshape(-1, 3)
+    tn = scale_fn(raw_n, depth) if scale_fn else raw_n.reshape(-1, 3)
+    return [pose_from_axis_angle(aa_p, tp, invert=True), pose_from_axis_angle(aa_n, tn, invert=False)]
+
+
+def pose_distillation(posenet: list[torch.Tensor], refined: list[torch.Tensor], depth: torch.Tensor) -> torch.Tensor:
+    """L1 of PoseNet's transforms to the refined ones ``[B, 4, 4]``, summed over the pairs, in units where rotation
+    and translation weigh alike: rotation-matrix entries (~ radians) and translation as a fraction of the target's
+    harmonic-mean depth ``1 / mean(1/depth)`` (``depth`` ``[B, 1, H, W]``, detached: the distillation teaches
+    PoseNet, it must not move the depth). In the warp's raw units the translation of a far scene would swamp the
+    rotation (and of a near one vanish); relative to the depth both are O(0.01) per pair."""
+    scene = 1.0 / (1.0 / depth.detach()).mean(dim=(1, 2, 3)).view(-1, 1, 1)
+    total = torch.zeros((), device=depth.device)
+    for t, r in zip(posenet, refined):
+        r = r.detach()
+        rotation = (t[:, :3, :3] - r[:, :3, :3]).abs().mean()
+        total = total + rotation + ((t[:, :3, 3:] - r[:, :3, 3:]) / scene).abs().mean()
+    return total
+
+
+def split_pose_param_group(optimizer: dict, scheduler: dict, decoder_params: int, pose_lr_factor: float
+                           ) -> tuple[dict, dict]:
+    """Optimiser and StepLR states saved before PoseNet had its own parameter group (2 groups: encoder, decoder +
+    PoseNet) rewritten to today's 3 (encoder, decoder, PoseNet at ``lr x pose_lr_factor``); newer states unchanged.
+    The Adam moments stay with their parameters (state is keyed by parameter index, which does not change)."""
+    groups = optimizer["param_groups"]
+    if len(groups) != 2:
+        return optimizer, scheduler
+    shared = groups[1]
+    pose = {**shared, "params": shared["params"][decoder_params:]}
+    for key in ("lr", "initial_lr"):
+        if key in pose:
+            pose[key] = shared[key] * pose_lr_factor
+    optimizer = {**optimizer, "param_groups": [groups[0], {**shared, "params": shared["params"][:decoder_params]},
+                                               pose]}
+    scheduler = dict(scheduler)
+    for key in ("base_lrs", "_last_lr"):
+        if key in scheduler and len(scheduler[key]) == 2:
+            scheduler[key] = [*scheduler[key], scheduler[key][1] * pose_lr_factor]
+    return optimizer, scheduler
 
 
 class Trainer:
@@ -130,8 +182,8 @@ class Trainer:
         o = cfg.optim
         groups = [
             {"params": list(self.depth_net.encoder.parameters()), "lr": o.lr * o.encoder_lr_factor},
-            {"params": list(self.depth_net.depth_decoder.parameters()) + list(self.pose_net.parameters()),
-             "lr": o.lr},
+            {"params": list(self.depth_net.depth_decoder.parameters()), "lr": o.lr},
+            {"params": list(self.pose_net.parameters()), "lr": o.lr * o.pose_lr_factor},
         ]
         opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(o.optimizer)
         if opt_cls is None:
@@ -218,15 +270,10 @@ class Trainer:
     def _poses(self, b: dict, depth: torch.Tensor, posenet_out: tuple) -> "PairPoses":
         """Each pair's (prev, next) target-to-source transforms: PoseNet's, the start (``pose.init``), and the ones
         the warp uses (the start refined, when ``pose.refine_steps`` > 0), plus the distillation term."""
-        aa_p, raw_p, aa_n, raw_n = posenet_out
-        scaled = "stereo" not in b and self.cfg.loss.translation_scaling == "mean_inverse_depth"
+        scaling = "none" if "stereo" in b else self.cfg.loss.translation_scaling
 
         def posenet_pair(depth_for_scale: torch.Tensor) -> list[torch.Tensor]:
-            # upstream scales PoseNet's translation by the target's mean inverse depth unless training with
-            # stereo, whose metric baseline fixes the scale instead
-            tp = scale_translation_by_mean_inverse_depth(raw_p, depth_for_scale) if scaled else raw_p
-            tn = scale_translation_by_mean_inverse_depth(raw_n, depth_for_scale) if scaled else raw_n
-            return [pose_from_axis_angle(aa_p, tp, invert=True), pose_from_axis_angle(aa_n, tn, invert=False)]
+            return posenet_transforms(posenet_out, depth_for_scale, scaling)
 
         posenet = posenet_pair(depth)
         start = posenet
@@ -264,11 +311,7 @@ class Trainer:
             refined = found.transforms
             diagnostics["refine_saturated_fraction"] = found.saturated.float().mean()
             diagnostics["refine_rotation_saturated_fraction"] = found.rotation_saturated.float().mean()
-        # PoseNet learns the refined poses: its own transforms against the refined ones, in the warp's units (its
-        # translation scaled by the target's mean inverse depth as above). The depth inside that scaling is
-        # detached: the distillation teaches PoseNet, it must not move the depth
-        distill = sum((t[:, :3, :] - r[:, :3, :].detach()).abs().mean()
-                      for t, r in zip(posenet_pair(depth.detach()), refined))
+        distill = pose_distillation(posenet_pair(depth.detach()), refined, depth.detach())
         return PairPoses(posenet, start, refined, distill, diagnostics)
 
     def depth_frozen(self) -> bool:
@@ -319,8 +362,11 @@ class Trainer:
             if key not in data:
                 raise ValueError(f"{path} has no {key} state: it is a model file, not a training checkpoint "
                                  "(use model.init to fine-tune from it instead)")
-        self.optimizer.load_state_dict(data["optimizer"])
-        self.scheduler.load_state_dict(data["scheduler"])
+        optimizer, scheduler = split_pose_param_group(data["optimizer"], data["scheduler"],
+                                                      len(list(self.depth_net.depth_decoder.parameters())),
+                                                      self.cfg.optim.pose_lr_factor)
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(scheduler)
         self.scaler.load_state_dict(data["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = data["epoch"], data["step_in_epoch"], data["global_step"]
         self.elapsed_s = float(data.get("elapsed_s", 0.0))

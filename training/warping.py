@@ -63,6 +63,19 @@ def scale_translation_by_mean_inverse_depth(translation: torch.Tensor, depth: to
     return translation.reshape(-1, 3) * mean_inv_depth
 
 
+def scale_translation_by_harmonic_mean_depth(translation: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """PoseNet translation ``[B, ..., 3]`` as a fraction of the target's harmonic-mean depth -> ``[B, 3]``.
+
+    ``loss.translation_scaling: depth_relative``: the translation is ``raw / mean(1/depth)``, so PoseNet predicts
+    motion relative to the scene (hand-held ~0.02 per pair, driving ~0.1) whatever scale the depth network has
+    drifted to, and a depth scaled by s scales the translation by s: the warp is unchanged (the upstream rule
+    above changes it by 1/s^2). The harmonic mean weighs the near pixels, which carry the parallax. ``depth``:
+    ``[B, 1, H, W]``, not detached (as upstream's rule).
+    """
+    mean_inv_depth = (1.0 / depth).mean(dim=(2, 3)).reshape(-1, 1)
+    return translation.reshape(-1, 3) / mean_inv_depth
+
+
 def pixel_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``[3, H*W]`` homogeneous integer pixel coordinates (u, v, 1), row-major ('ij' over rows, cols)."""
     v, u = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),

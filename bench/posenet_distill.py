@@ -1,0 +1,163 @@
+"""Can PoseNet learn the refined poses? PoseNet trained alone on fixed targets, side by side per setting.
+
+The depth network is frozen at the checkpoint's weights and every training triplet's pose is refined once (the
+trainer's own start and LM refinement, flips and colour jitter off so each triplet's target is fixed). Then, for
+each setting, PoseNet restarts from the checkpoint and is trained on those targets with the trainer's own
+distillation; on the validation triplets it is scored by the photometric error of the warp with its poses alone,
+beside the error with the refined poses and with the refinement's start (the image rotation, no translation).
+This isolates PoseNet from the depth network moving under it (what a full training run cannot).
+
+    python bench/posenet_distill.py --config config/train.yaml --init models/demo_small.pt \
+        --bags data/real/rs_train --val-bags data/real/rs_val --epochs 20 \
+        --settings mean_inverse_depth:1 depth_relative:1 depth_relative:10
+
+A setting is ``translation_scaling:pose_lr_factor[:residual]`` (residual: PoseNet's rotation applied after the
+measured image rotation, so it learns the correction and the translation). Prints one row per setting and epoch checkpoints; with
+``--val-pose-topic /camera/pose`` (validation bags with recorded poses) also the rotation errors against them.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from spidepth_ros.training.cli import auto_threads
+from spidepth_ros.training.config import load_config
+from spidepth_ros.training.data import build_datasets
+from spidepth_ros.training.diagnostics import pose_errors
+from spidepth_ros.training.evaluate import spread_indices
+from spidepth_ros.training.trainer import Trainer, pose_distillation, posenet_transforms
+
+
+def cached_targets(trainer: Trainer, dataset, batch_size: int) -> list[dict]:
+    """Each batch of ``dataset`` with the frozen depth and the refined (prev, next) transforms added."""
+    out = []
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            depth = trainer.predict_depth(batch["target_aug"])
+            pose = trainer.pose_net
+            aa_p, t_p = pose(torch.cat([batch["prev_aug"], batch["target_aug"]], 1))
+            aa_n, t_n = pose(torch.cat([batch["target_aug"], batch["next_aug"]], 1))
+            poses = trainer._poses(batch, depth, (aa_p, t_p, aa_n, t_n))
+            out.append({**batch, "depth": depth, "refined": [t.detach() for t in poses.warp],
+                        "start": [t.detach() for t in poses.start]})
+    return out
+
+
+def photometric(trainer: Trainer, batches: list[dict], which) -> float:
+    """Mean photometric error (automasked, as training) of the warp with ``which(batch)``'s transforms."""
+    total = count = 0.0
+    with torch.no_grad():
+        for b in batches:
+            err = trainer.loss_fn(b["depth"], b["target"], [b["prev"], b["next"]], which(b), b["K"],
+                                  b["inv_K"])["photometric"]
+            total += float(err) * len(b["index"])
+            count += len(b["index"])
+    return total / count
+
+
+def rotation_error_deg(batches: list[dict], which) -> float:
+    """Mean rotation error (degrees) of ``which(batch)``'s transforms against the recorded ones (nan without)."""
+    errors = []
+    with torch.no_grad():
+        for b in batches:
+            if "recorded_transform" not in b or not bool(b["has_recorded"].any()):
+                continue
+            has = b["has_recorded"]
+            for i, estimate in enumerate(which(b)):
+                errors.append(pose_errors(estimate[has], b["recorded_transform"][has, i])[0])
+    return float(torch.cat(errors).mean()) if errors else float("nan")
+
+
+def posenet_poses(pose_net, scaling: str, residual: bool = False):
+    """PoseNet's (prev, next) transforms of a batch; ``residual``: its rotation applied after the start's (the
+    measured image rotation), i.e. PoseNet learns the correction and the translation."""
+    def which(b: dict) -> list[torch.Tensor]:
+        aa_p, t_p = pose_net(torch.cat([b["prev_aug"], b["target_aug"]], 1))
+        aa_n, t_n = pose_net(torch.cat([b["target_aug"], b["next_aug"]], 1))
+        transforms = posenet_transforms((aa_p, t_p, aa_n, t_n), b["depth"], scaling)
+        if residual:
+            transforms = [torch.cat([torch.cat([s[:, :3, :3] @ t[:, :3, :3], t[:, :3, 3:]], 2), t[:, 3:]], 1)
+                          for s, t in zip(b["start"], transforms)]
+        return transforms
+    return which
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="config/train.yaml")
+    p.add_argument("--init", required=True, help="checkpoint whose depth network is frozen and PoseNet restarts")
+    p.add_argument("--bags", nargs="+", required=True)
+    p.add_argument("--val-bags", nargs="+", required=True)
+    p.add_argument("--cache", default="runs/posenet_distill_cache")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--val-triplets", type=int, default=64)
+    p.add_argument("--settings", nargs="+", default=["mean_inverse_depth:1", "depth_relative:1",
+                                                     "depth_relative:10"])
+    p.add_argument("--val-pose-topic", default="", help="recorded poses in the validation bags: rotation errors")
+    p.add_argument("--set", nargs="*", default=[], help="further config overrides")
+    args = p.parse_args()
+    torch.set_num_threads(auto_threads(0))
+    overrides = [f"data.bags={json.dumps(args.bags)}", f"data.val_bags={json.dumps(args.val_bags)}",
+                 f"model.init={args.init}", "data.flip=false", "data.color_jitter=false", *args.set]
+    cfg = load_config(args.config, overrides)
+    trainer = Trainer(cfg, torch.device("cpu"))
+    trainer.depth_net.eval().requires_grad_(False)
+    data = build_datasets(cfg.data, trainer.preset.width, trainer.preset.height, Path(args.cache), cfg.seed,
+                          progress=False)
+    if args.val_pose_topic:          # recorded poses on the validation bags only (the training bags may have none)
+        val_cfg = dataclasses.replace(cfg.data, bags=cfg.data.val_bags, pose_topic=args.val_pose_topic)
+        data_val = build_datasets(val_cfg, trainer.preset.width, trainer.preset.height, Path(args.cache), cfg.seed,
+                                  progress=False).val
+    else:
+        data_val = data.val
+    val = torch.utils.data.Subset(data_val, spread_indices(len(data.val), args.val_triplets).tolist())
+    t0 = time.perf_counter()
+    train_batches = cached_targets(trainer, data.train, cfg.optim.batch_size)
+    val_batches = cached_targets(trainer, val, cfg.optim.batch_size)
+    print(f"refined {len(data.train)} training and {len(val)} validation triplets in "
+          f"{time.perf_counter() - t0:.0f} s")
+    refined = photometric(trainer, val_batches, lambda b: b["refined"])
+    start = photometric(trainer, val_batches, lambda b: b["start"])
+    print(f"validation photometric: refined {refined:.4f}, start (image rotation) {start:.4f}")
+    print(f"validation rotation error (deg): refined {rotation_error_deg(val_batches, lambda b: b['refined']):.3f}, "
+          f"start {rotation_error_deg(val_batches, lambda b: b['start']):.3f}")
+    train_probe = train_batches[::max(1, len(train_batches) // 8)]
+    train_refined = photometric(trainer, train_probe, lambda b: b["refined"])
+    initial = copy.deepcopy(trainer.pose_net.state_dict())
+    print("| translation_scaling | PoseNet lr factor | epoch | train distillation | train PoseNet / refined | "
+          "val photometric PoseNet | val PoseNet / refined | val PoseNet rotation error (deg) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for setting in args.settings:
+        scaling, factor, *mode = setting.split(":")
+        residual = mode == ["residual"]
+        pose_net = trainer.pose_net
+        pose_net.load_state_dict(initial)
+        pose_net.train()
+        opt = torch.optim.Adam(pose_net.parameters(), lr=cfg.optim.lr * float(factor))
+        for epoch in range(0, args.epochs + 1):
+            losses = []
+            for b in train_batches if epoch > 0 else []:      # epoch 0: the checkpoint's PoseNet as it is
+                loss = pose_distillation(posenet_poses(pose_net, scaling, residual)(b), b["refined"], b["depth"])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+            if epoch in (0, 1, args.epochs) or epoch % max(1, args.epochs // 4) == 0:
+                pose_net.eval()
+                got = photometric(trainer, val_batches, posenet_poses(pose_net, scaling, residual))
+                on_train = photometric(trainer, train_probe, posenet_poses(pose_net, scaling, residual))
+                rot = rotation_error_deg(val_batches, posenet_poses(pose_net, scaling, residual))
+                pose_net.train()
+                print(f"| {setting} | {factor} | {epoch} | {sum(losses) / max(1, len(losses)):.4f} | "
+                      f"{on_train / train_refined:.2f} | {got:.4f} | {got / refined:.2f} | {rot:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
