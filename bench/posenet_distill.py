@@ -100,6 +100,8 @@ def main() -> None:
     p.add_argument("--val-triplets", type=int, default=64)
     p.add_argument("--settings", nargs="+", default=["mean_inverse_depth:1", "depth_relative:1",
                                                      "depth_relative:10"])
+    p.add_argument("--one-batch", action="store_true",
+                   help="train on the first batch only and score on it: can PoseNet fit the targets at all?")
     p.add_argument("--val-pose-topic", default="", help="recorded poses in the validation bags: rotation errors")
     p.add_argument("--set", nargs="*", default=[], help="further config overrides")
     args = p.parse_args()
@@ -121,6 +123,8 @@ def main() -> None:
     t0 = time.perf_counter()
     train_batches = cached_targets(trainer, data.train, cfg.optim.batch_size)
     val_batches = cached_targets(trainer, val, cfg.optim.batch_size)
+    if args.one_batch:                        # fitting, not generalising: the validation rows score that batch
+        train_batches = val_batches = train_batches[:1]
     print(f"refined {len(data.train)} training and {len(val)} validation triplets in "
           f"{time.perf_counter() - t0:.0f} s")
     refined = photometric(trainer, val_batches, lambda b: b["refined"])

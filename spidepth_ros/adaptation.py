@@ -12,6 +12,8 @@ import multiprocessing as mp
 import queue
 import time
 from dataclasses import dataclass, field
+from typing import Optional
+
 import numpy as np
 
 #: frames waiting for the worker; more are dropped (the worker measures parallax on each, it need not see all)
@@ -33,6 +35,7 @@ class AdaptationState:
     frames_dropped: int = 0              # the inbox was full
     worker: dict = field(default_factory=dict)   # the worker's last status (steps, keyframes, time share ...)
     last_model: str = ""                 # the last accepted model file
+    verdicts: list = field(default_factory=list)  # every guard report (dicts: accepted, reason, numbers), in order
 
 
 class AdaptationProcess:
@@ -79,10 +82,12 @@ class AdaptationProcess:
                 self.state.accepted += 1
                 self.state.last_model = message[1]
                 self.state.worker = message[3]
+                self.state.verdicts.append(message[2])
             elif kind == "rejected":
                 self.state.rejected += 1
                 self.state.last_rejection = message[1]
                 self.state.worker = message[3]
+                self.state.verdicts.append(message[2])
             elif kind == "error":
                 self.state.state, self.state.detail = "failed", message[1]
         if self.state.state != "failed":
@@ -111,6 +116,86 @@ class AdaptationProcess:
             q.close()
 
 
+@dataclass(frozen=True)
+class AdapterOptions:
+    """The node's adapt_* parameters, resolved (see spidepth_ros/ros/params.py for each one's meaning)."""
+
+    start_model: str            # the .pt the worker starts from
+    out_dir: str
+    device: str                 # cpu | cuda | cuda:N
+    max_share: float
+    buffer_frames: int
+    steps_per_swap: int
+    guard_tolerance: float      # held-out photometric error a candidate may add (fraction)
+    export_onnx: bool           # the node runs an .onnx: accepted weights are exported for the swap
+
+
+class Adapter:
+    """What the node holds: starts the worker at the first frame that has camera intrinsics (the worker needs
+    them at the network size), feeds it frames, hands back the newest accepted model, and reports."""
+
+    def __init__(self, options: AdapterOptions, log=lambda text: None) -> None:
+        self.options = options
+        self.log = log                  # one line per guard verdict (the node's logger)
+        self.process: Optional[AdaptationProcess] = None
+        self.waiting_for = "the first frame with camera_info"
+
+    def feed(self, network_rgb: np.ndarray, network_k_normalized: Optional[np.ndarray], stamp_ns: int) -> None:
+        """``network_rgb``: the ``[h, w, 3]`` uint8 image the network saw; its normalised 4x4 intrinsics."""
+        if self.process is None:
+            if network_k_normalized is None:
+                return
+            o = self.options
+            h, w = network_rgb.shape[:2]
+            self.process = AdaptationProcess(adapt_settings_for(
+                o.start_model, o.out_dir, w, h, network_k_normalized, device=o.device, max_share=o.max_share,
+                buffer_frames=o.buffer_frames, steps_per_candidate=o.steps_per_swap,
+                photometric_tolerance=o.guard_tolerance, export_onnx=o.export_onnx))
+            self.waiting_for = ""
+        self.process.offer(network_rgb, stamp_ns)
+
+    def newest_model(self) -> Optional[str]:
+        """The newest model the guard accepted since the last call (older ones are superseded), or None."""
+        if self.process is None:
+            return None
+        seen = len(self.process.state.verdicts)
+        models = self.process.poll()
+        for verdict in self.process.state.verdicts[seen:]:
+            self.log(format_verdict(verdict))
+        return models[-1] if models else None
+
+    def diagnostic_values(self) -> list[tuple[str, object]]:
+        if self.process is None:
+            return [("adapt_state", f"waiting for {self.waiting_for}")]
+        st = self.process.state
+        w = st.worker
+        return [("adapt_state", st.state + (f": {st.detail}" if st.detail else "")),
+                ("adapt_steps", w.get("steps", 0)), ("adapt_accepted", st.accepted), ("adapt_rejected", st.rejected),
+                ("adapt_last_rejection", st.last_rejection), ("adapt_keyframes", w.get("keyframes", 0)),
+                ("adapt_held_out_triplets", w.get("held_out_triplets", 0)),
+                ("adapt_time_share", f"{w.get('time_share', 0.0):.2f}"), ("adapt_frames_dropped", st.frames_dropped),
+                ("adapt_last_model", st.last_model)]
+
+    def problem(self) -> str:
+        """Why adaptation is not working ("" when it is, or has not started)."""
+        if self.process is None:
+            return ""
+        st = self.process.state
+        return f"adaptation {st.state}: {st.detail}" if st.state in ("failed", "stopped") else ""
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def format_verdict(v: dict) -> str:
+    """One log line for a guard verdict (GuardReport as a dict)."""
+    head = "adaptation: candidate accepted" if v["accepted"] else f"adaptation: candidate rejected ({v['reason']})"
+    return (f"{head}; held-out photometric {v['photometric_current']:.4f} -> {v['photometric_candidate']:.4f}, "
+            f"depth spread {v['spread_current']:.2f} -> {v['spread_candidate']:.2f}, median depth x"
+            f"{v['scale_ratio']:.2f} over {v['triplets']} triplets")
+
+
 def wait_for(predicate, timeout_s: float, period_s: float = 0.05) -> bool:
     """Poll ``predicate`` until it is true or ``timeout_s`` passes (tests and start-up)."""
     deadline = time.monotonic() + timeout_s
@@ -131,4 +216,4 @@ def adapt_settings_for(model_path: str, out_dir: str, width: int, height: int, k
                          k_normalized=tuple(map(tuple, np.asarray(k_normalized, float).tolist())), **overrides)
 
 
-__all__ = ["AdaptationProcess", "AdaptationState", "adapt_settings_for", "wait_for"]
+__all__ = ["AdaptationProcess", "AdaptationState", "Adapter", "AdapterOptions", "adapt_settings_for", "wait_for"]

@@ -15,6 +15,7 @@ worker it started (the same program, trusted): no file or network input is unpic
 from __future__ import annotations
 
 import math
+import os
 import queue
 import time
 from collections import deque
@@ -314,6 +315,8 @@ def worker_main(settings: AdaptSettings, inbox, outbox) -> None:
     """The worker process: frames in (``("frame", rgb, stamp_ns)``; ``("stop",)`` ends it), messages out:
     ``("accepted", model_path, report, status)``, ``("rejected", reason, report, status)``, ``("status", status)``,
     ``("error", text)``. Its compute is held to ``settings.max_share`` of wall time by sleeping after each step."""
+    if settings.device == "cpu" and hasattr(os, "nice"):
+        os.nice(10)                   # the node's inference keeps priority over training on a shared CPU
     try:
         worker = Worker(settings)
     except Exception as exc:  # the node reports it; nothing else to do here

@@ -65,6 +65,9 @@ LAZY_POLL_PERIOD_S = 0.5
 WORKER_JOIN_TIMEOUT_S = 10.0
 #: How long a refused hot swap waits for rclpy to store the refused model_path before putting the old one back.
 PARAMETER_STORE_TIMEOUT_S = 5.0
+#: How often the node looks for a model the adaptation worker had accepted.
+ADAPT_POLL_PERIOD_S = 0.5
+ADAPTED_LOADER = "spidepth_adapted_loader"    # the thread that swaps in adapted models
 
 
 class StartupError(RuntimeError):
@@ -90,6 +93,8 @@ class DepthNode(LifecycleNode):
         self._worker: Optional[threading.Thread] = None
         self._loader: Optional[threading.Thread] = None
         self._lazy_timer = None
+        self.adapter = None                          # spidepth_ros.adaptation.Adapter while adapting (adapt: true)
+        self._adapt_timer = None
         self._tf_buffer = None                       # tf2_ros buffer for base_frame (camera height from TF)
         self._activated_at: Optional[float] = None
         self._diag_timer = None
@@ -137,6 +142,9 @@ class DepthNode(LifecycleNode):
         self._activated_at = time.monotonic()
         self._update_input_subscription()
         self._lazy_timer = self.create_timer(LAZY_POLL_PERIOD_S, self._update_input_subscription)
+        if self.params.adapt:
+            self.adapter = self._make_adapter()
+            self._adapt_timer = self.create_timer(ADAPT_POLL_PERIOD_S, self._swap_in_adapted)
         self.state_label = "active"
         return TransitionCallbackReturn.SUCCESS
 
@@ -196,6 +204,9 @@ class DepthNode(LifecycleNode):
         if self._lazy_timer is not None:
             self.destroy_timer(self._lazy_timer)
             self._lazy_timer = None
+        if self._adapt_timer is not None:
+            self.destroy_timer(self._adapt_timer)
+            self._adapt_timer = None
         for cam in self.cameras:
             for sub in (cam.input_sub, cam.info_sub):
                 if sub is not None:
@@ -209,6 +220,9 @@ class DepthNode(LifecycleNode):
         if self._worker is not None:
             self._worker.join(timeout=WORKER_JOIN_TIMEOUT_S)
             self._worker = None
+        if self.adapter is not None:
+            self.adapter.stop()
+            self.adapter = None
 
     def _release_model(self) -> None:
         if self._loader is not None:
@@ -223,6 +237,50 @@ class DepthNode(LifecycleNode):
         if pipeline is not None:
             pipeline.estimator.stop()
         self.model_status = "not loaded"
+
+    # adaptation --------------------------------------------------------------------------------------------
+    def _make_adapter(self):
+        """The adapter for the running model (spidepth_ros.adaptation; the worker starts at the first frame)."""
+        import os
+
+        from ..adaptation import Adapter, AdapterOptions
+
+        p = self.params
+        device = p.adapt_device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu"
+        out_dir = p.adapt_dir or os.path.join(os.path.expanduser("~"), ".ros", "spidepth_adapted", self.get_name())
+        start = p.adapt_model or self.active_model_path
+        self.get_logger().info(f"adapting {Path(start).name} on {device} (at most {p.adapt_max_share:.0%} of the "
+                               f"time); accepted models go to {out_dir}")
+        return Adapter(AdapterOptions(start, out_dir, device, p.adapt_max_share, p.adapt_buffer_frames,
+                                      p.adapt_steps_per_swap, p.adapt_guard_tolerance,
+                                      export_onnx=self.active_model_path.endswith(".onnx")),
+                       log=self.get_logger().info)
+
+    def _feed_adapter(self, pipeline: DepthPipeline, result, camera, header) -> None:
+        """Hand the image the network saw (and its intrinsics at that size) to the adaptation worker."""
+        est = pipeline.estimator
+        k = None
+        if camera is not None:
+            k = est.preprocessor.output_intrinsics(camera, est.metadata.input_width,
+                                                   est.metadata.input_height).normalized()
+        self.adapter.feed(result.prepared.resized, k, header.stamp.sec * 1_000_000_000 + header.stamp.nanosec)
+
+    def _swap_in_adapted(self) -> None:
+        """Timer: swap in the newest model the adaptation guard accepted, between two frames (as a model_path
+        change does); while another load runs it waits for the next tick."""
+        adapter = self.adapter
+        if adapter is None or self._loading_path:
+            return
+        model = adapter.newest_model()
+        if model is None or self.pipeline is None:
+            return
+        self._loading_path = model
+        self._loader = threading.Thread(target=self._swap_model, args=(model,), name=ADAPTED_LOADER, daemon=True)
+        self._loader.start()
 
     # model loading and hot swap ----------------------------------------------------------------------------
     def _load_pipeline(self, model_path: str) -> DepthPipeline:
@@ -269,6 +327,8 @@ class DepthNode(LifecycleNode):
         self.last_model_refusal = f"{model_path}: {reason}"
         self.get_logger().error(f"model_path {model_path} refused, still running {self.active_model_path}: "
                                 f"{reason}")
+        if threading.current_thread().name == ADAPTED_LOADER:
+            return                  # an adapted model never was the model_path parameter: nothing to put back
         # rclpy stores a value only after the callback accepted it, so a load that fails within a millisecond
         # could put the old value back before the new one lands, which would then overwrite it: wait for it
         deadline = time.monotonic() + PARAMETER_STORE_TIMEOUT_S
@@ -455,6 +515,8 @@ class DepthNode(LifecycleNode):
             out = pipeline.finish(result, rgb, intr, scale, p.min_range, p.max_range, want_cloud, options,
                                   want_colored, floor)
             cam.publish(header, out, calib)
+            if self.adapter is not None and cam is self.cameras[0]:
+                self._feed_adapter(pipeline, result, camera, header)
             now = time.monotonic()
             cam.stats.processed += 1
             cam.stats.batched += len(frames) > 1 and pipeline.estimator.max_batch > 1
@@ -492,6 +554,9 @@ class DepthNode(LifecycleNode):
                        f"last {self.last_model_refusal}")
         elif self._loading_path:
             message = f"running; loading {self._loading_path}"
+        elif self.adapter is not None and self.adapter.problem():
+            level = DiagnosticStatus.WARN
+            message = f"running {Path(self.active_model_path).name} (the last good model); {self.adapter.problem()}"
         elif cam.calib is None and any(k.startswith("no_info") for k in self._warned_once):
             message = "running; depth only: no camera_info received"
         elif p.scale_source == "camera_height" and (report is None or report.age_s is None):
@@ -505,7 +570,8 @@ class DepthNode(LifecycleNode):
         values = [("state", self.state_label), ("camera", cam.label), ("model", self.model_status),
                   ("models_refused", self.models_refused), ("last_model_refusal", self.last_model_refusal),
                   ("scale_source", p.scale_source), ("depth_scale", f"{scale:g}"),
-                  *cam.diagnostic_values(now, since_input)]
+                  *cam.diagnostic_values(now, since_input),
+                  *(self.adapter.diagnostic_values() if self.adapter is not None else [])]
         name = f"{self.get_fully_qualified_name()}: spidepth depth" + (f" {cam.prefix}" if cam.prefix else "")
         return DiagnosticStatus(level=level, name=name,
                                 hardware_id=pipeline.estimator.describe() if pipeline is not None else "",

@@ -118,6 +118,28 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_colored", True, "Publish a colourised bgr8 depth image on depth/colored for viewing.",
               read_only=False),
     ParamSpec("lazy", True, "Skip inference while no output has a subscriber.", read_only=False),
+    ParamSpec("adapt", False, "Adapt the depth network to this camera while running: a worker process trains "
+              "it self-supervised (the default training recipe) on keyframes of the first camera's images and "
+              "every adapt_steps_per_swap steps offers the weights; a guard scores them on held-out keyframes and "
+              "only better ones are swapped in between two frames, like a model_path change. Needs the torch "
+              "weights: model_path a .pt, or adapt_model."),
+    ParamSpec("adapt_model", "", "With adapt: the .pt checkpoint the worker starts from when model_path is not "
+              "one (an .onnx exported from it); accepted weights are then exported to ONNX for the swap."),
+    ParamSpec("adapt_device", "auto", "With adapt: where the worker trains (auto = cuda when the node infers on a "
+              "GPU, else cpu)."),
+    ParamSpec("adapt_max_share", 0.5, "With adapt: the share of wall time the worker may compute (it sleeps the "
+              "rest, and on the CPU runs at a lower OS priority than inference).", min_value=0.01, max_value=1.0),
+    ParamSpec("adapt_buffer_frames", 120, "With adapt: keyframes kept in memory (a frame becomes one when its "
+              "measured translation parallax to the last keyframe reaches the recipe's 1.2 px; the oldest are "
+              "dropped). Every 5th is held out for the guard.", min_value=3, max_value=100000),
+    ParamSpec("adapt_steps_per_swap", 20, "With adapt: training steps between two candidates the guard judges.",
+              min_value=1, max_value=1000000),
+    ParamSpec("adapt_guard_tolerance", 0.0, "With adapt: how much higher (a fraction) a candidate's photometric "
+              "error on the held-out keyframes may be than the running model's and still be swapped in (0: no "
+              "worse). Its depth spread and scale are checked too.", min_value=0.0, max_value=10.0),
+    ParamSpec("adapt_dir", "", "With adapt: where accepted models are written (adapted_NNNN.pt, and .onnx with "
+              "its sidecar); empty = ~/.ros/spidepth_adapted/<node name>. Point model_path at the newest to start "
+              "from it after a restart."),
     ParamSpec("frame_id_override", "", "Frame to stamp outputs with if the input header's frame_id is empty "
               "(never invented otherwise)."),
     ParamSpec("input_timeout", 3.0, "Seconds without an input image after which /diagnostics reports WARN "
@@ -159,6 +181,14 @@ class NodeParams:
     cloud_color: bool
     publish_colored: bool
     lazy: bool
+    adapt: bool
+    adapt_model: str
+    adapt_device: str
+    adapt_max_share: float
+    adapt_buffer_frames: int
+    adapt_steps_per_swap: int
+    adapt_guard_tolerance: float
+    adapt_dir: str
     frame_id_override: str
     input_timeout: float
     diagnostics_period: float
@@ -183,6 +213,12 @@ class NodeParams:
                                      f"{spec.max_value}]")
         if not DEVICE_PATTERN.match(self.device):
             raise ParameterError(f"parameter device={self.device!r} must be one of {DEVICE_CHOICES}")
+        if not DEVICE_PATTERN.match(self.adapt_device):
+            raise ParameterError(f"parameter adapt_device={self.adapt_device!r} must be one of {DEVICE_CHOICES}")
+        if self.adapt and not (self.adapt_model or not self.model_path or
+                               self.model_path.endswith((".pt", ".pth"))):
+            raise ParameterError(f"parameter adapt needs the model's torch weights: model_path {self.model_path} is "
+                                 "not a .pt checkpoint, so set adapt_model to the .pt it was exported from")
         if not self.cameras or len(set(self.cameras)) != len(self.cameras) or \
                 not all(isinstance(c, str) and CAMERA_NAMESPACE.match(c) for c in self.cameras):
             raise ParameterError(f"parameter cameras={self.cameras!r} must list distinct relative namespaces "
