@@ -155,7 +155,7 @@ def _held_out_numbers(trainer, batches: list[dict]) -> tuple[float, float, float
     trainer.depth_net.eval()
     with torch.no_grad():
         for batch in batches:
-            out = trainer.compute_loss(batch, validation=True)
+            out = trainer.compute_loss(batch)        # the refined poses' error; the PoseNet extras are not needed
             n = len(batch["index"])
             photometric += float(out["photometric"]) * n
             count += n
@@ -189,8 +189,8 @@ def judge_candidate(trainer, current_state: dict, batches: list[dict], settings:
     elif abs(cand[2] / cur[2] - 1) > settings.max_scale_drift:
         reason = (f"median depth moved {cand[2] / cur[2]:.2f}x against the running model (limit "
                   f"{settings.max_scale_drift:.0%}): scale drift")
-    return GuardReport(not reason, reason, cur[0], cand[0], cur[1], cand[1], cand[2] / cur[2], len(
-        [i for b in batches for i in b["index"]]))
+    return GuardReport(not reason, reason, cur[0], cand[0], cur[1], cand[1], cand[2] / cur[2],
+                       sum(len(b["index"]) for b in batches))
 
 
 def adaptation_config(settings: AdaptSettings):
@@ -335,7 +335,7 @@ def worker_main(settings: AdaptSettings, inbox, outbox) -> None:
                 if message[0] == "stop":
                     return
                 start = time.monotonic()
-                worker.buffer.offer(message[1], message[2])
+                worker.offer(message[1], message[2])
                 worker.busy_s += time.monotonic() - start
                 outbox.put(("status", worker.status()))        # a small dict; the node keeps the last one
         except queue.Empty:
