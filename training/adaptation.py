@@ -317,6 +317,9 @@ def worker_main(settings: AdaptSettings, inbox, outbox) -> None:
     ``("error", text)``. Its compute is held to ``settings.max_share`` of wall time by sleeping after each step."""
     if settings.device == "cpu" and hasattr(os, "nice"):
         os.nice(10)                   # the node's inference keeps priority over training on a shared CPU
+    import cv2
+
+    cv2.setNumThreads(max(1, settings.threads))     # OpenCV's own pool (tracking, resizing) stays within its share
     try:
         worker = Worker(settings)
     except Exception as exc:  # the node reports it; nothing else to do here
