@@ -35,7 +35,7 @@ class AdaptationState:
     frames_dropped: int = 0              # the inbox was full
     worker: dict = field(default_factory=dict)   # the worker's last status (steps, keyframes, time share ...)
     last_model: str = ""                 # the last accepted model file
-    verdicts: list = field(default_factory=list)  # every guard report (dicts: accepted, reason, numbers), in order
+    verdicts: list = field(default_factory=list)  # guard reports not yet taken (dicts: accepted, reason, numbers)
 
 
 class AdaptationProcess:
@@ -158,9 +158,9 @@ class Adapter:
         """The newest model the guard accepted since the last call (older ones are superseded), or None."""
         if self.process is None:
             return None
-        seen = len(self.process.state.verdicts)
         models = self.process.poll()
-        for verdict in self.process.state.verdicts[seen:]:
+        verdicts, self.process.state.verdicts = self.process.state.verdicts, []     # taken: a long run keeps none
+        for verdict in verdicts:
             self.log(format_verdict(verdict))
         return models[-1] if models else None
 

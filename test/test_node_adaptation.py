@@ -108,3 +108,56 @@ def test_adapting_node_swaps_without_dropping_a_frame_and_survives_its_worker(ro
             os.killpg(proc.pid, signal.SIGKILL)
         spinner.stop()
         peer.destroy_node()
+
+
+def test_ctrl_c_stops_an_adapting_node_and_its_worker_quietly(ros_context, tmp_path):
+    """SIGINT to the process group (what Ctrl-C in a terminal does) while the worker is alive: exit 0, no
+    traceback from either process, and no worker left behind."""
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.node import Node
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Header
+
+    from spidepth_ros.synth import SynthConfig, render_sequence
+
+    cfg = SynthConfig(width=320, height=96, frames=12, seed=22)
+    frames = list(render_sequence(cfg))
+    ns = "adapting_ctrl_c"
+    proc = spawn(node_cmd("-r", f"__ns:=/{ns}", "-p", f"model_path:={REPO / 'models' / 'demo_small.pt'}",
+                          "-p", "backend:=torch", "-p", "device:=cpu", "-p", "adapt:=true",
+                          "-p", f"adapt_dir:={tmp_path / 'adapted'}", "-p", "diagnostics_period:=0.5",
+                          *reliable(ns)))
+    peer = Node("ctrl_c_peer", namespace=ns, context=ros_context)
+    pub, pub_info = peer.create_publisher(Image, "image", 10), peer.create_publisher(CameraInfo, "camera_info", 10)
+    depth: dict = {}
+    diags: list = []
+    peer.create_subscription(Image, "depth/image", lambda m: depth.__setitem__(m.header.stamp.sec, m), 10)
+    peer.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    spinner = Spinner(ros_context, peer)
+    k = cfg.intrinsics.matrix()
+    try:
+        assert wait_for(lambda: pub.get_subscription_count() == 1 and pub_info.get_subscription_count() == 1, 60)
+        for i, f in enumerate(frames):
+            header = Header(stamp=Time(sec=4000 + i), frame_id="cam")
+            pub_info.publish(CameraInfo(header=header, width=320, height=96, k=k.ravel().tolist(),
+                                        p=np.hstack([k, np.zeros((3, 1))]).ravel().tolist()))
+            time.sleep(0.02)
+            pub.publish(Image(header=header, height=96, width=320, encoding="rgb8", step=960, data=f.rgb.tobytes()))
+            assert wait_for(lambda: 4000 + i in depth, 60), f"frame {i}"
+        assert wait_for(lambda: any(kv.key == "adapt_state" and kv.value in ("collecting", "adapting")
+                                    for m in diags[-3:] for st in m.status if ns in st.name for kv in st.values),
+                        60)
+        pids = worker_pids(proc.pid)
+        assert len(pids) == 1, pids
+        os.killpg(proc.pid, signal.SIGINT)
+        code, out, _ = finish(proc)
+        assert_quiet_exit(code, out)
+        assert "KeyboardInterrupt" not in out, out
+        assert wait_for(lambda: not Path(f"/proc/{pids[0]}").exists() or
+                        "Z" in (Path(f"/proc/{pids[0]}") / "stat").read_text().rsplit(")", 1)[1].split()[0], 10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        spinner.stop()
+        peer.destroy_node()

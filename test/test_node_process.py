@@ -241,7 +241,9 @@ def test_signal_during_model_load_exits_zero_quickly(small_checkpoint, sig):
     ("model_path:=''", ("model_path", "empty")), ("backend:=banana", ("backend", "onnxruntime")),
     ("depth_scale:=-1.0", ("depth_scale=-1.0", "[0.0,")), ("max_range:=80", ("max_range", "double")),
     ("cloud_stride:=0", ("cloud_stride", "[1, 64]")), ("device:=banana", ("device", "cuda:N")),
-    ("model_path:=/no/such.onnx", ("/no/such.onnx", "does not exist"))])
+    ("model_path:=/no/such.onnx", ("/no/such.onnx", "does not exist")),
+    ("adapt:=true", ("adapt", "adapt_model")), ("adapt_max_share:=0.0", ("adapt_max_share", "[0.01,")),
+    ("adapt_device:=gpu", ("adapt_device", "cuda:N"))])
 def test_bad_parameters_give_one_fatal_line_and_exit_1(small_onnx, arg, names):
     args = ["-p", f"model_path:={small_onnx}", "-p", arg] if not arg.startswith("model_path") else ["-p", arg]
     proc = spawn(node_cmd("-r", "__ns:=/badparam", "-p", "backend:=onnxruntime", *args)

@@ -315,6 +315,12 @@ def worker_main(settings: AdaptSettings, inbox, outbox) -> None:
     """The worker process: frames in (``("frame", rgb, stamp_ns)``; ``("stop",)`` ends it), messages out:
     ``("accepted", model_path, report, status)``, ``("rejected", reason, report, status)``, ``("status", status)``,
     ``("error", text)``. Its compute is held to ``settings.max_share`` of wall time by sleeping after each step."""
+    import signal
+
+    # Ctrl-C in a terminal reaches the whole process group: the node stops this worker itself (a "stop" message,
+    # then terminate), so the worker ignores SIGINT instead of dying with a KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
     if settings.device == "cpu" and hasattr(os, "nice"):
         os.nice(10)                   # the node's inference keeps priority over training on a shared CPU
     import cv2
@@ -330,6 +336,8 @@ def worker_main(settings: AdaptSettings, inbox, outbox) -> None:
     outbox.put(("status", worker.status()))
     share = min(max(settings.max_share, 0.01), 1.0)
     while True:
+        if os.getppid() != parent:   # the node died without stopping us (SIGKILL): nobody reads our models
+            return
         try:
             deadline = time.monotonic() + (0.0 if worker.ready() else 0.1)
             while True:                  # take every frame waiting (measuring parallax is part of the work)
