@@ -27,14 +27,11 @@ sys.path.insert(0, str(REPO / "test"))
 
 
 def play(args, adapt: bool, frames_train, frames_test, info, gt) -> dict:
-    import rclpy
-    from builtin_interfaces.msg import Time
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.node import Node
-    from sensor_msgs.msg import CameraInfo, Image
-    from std_msgs.msg import Header
+    import dataclasses
 
-    from rosutil import Spinner, wait_for
+    import rclpy
+
+    from rosutil import CameraFeed
     from spidepth_ros.metrics import EvalSettings, evaluate_frame, summarize
 
     ns = "replay_adapt" if adapt else "replay_plain"
@@ -49,29 +46,18 @@ def play(args, adapt: bool, frames_train, frames_test, info, gt) -> dict:
     proc = subprocess.Popen(cmd, stdout=open(node_log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     context = rclpy.Context()
     rclpy.init(context=context)
-    peer = Node("replayer", namespace=ns, context=context)
-    pub, pub_info = peer.create_publisher(Image, "image", 10), peer.create_publisher(CameraInfo, "camera_info", 10)
-    depth: dict = {}
-    diags: list = []
-    peer.create_subscription(Image, "depth/image", lambda m: depth.__setitem__(m.header.stamp.sec, m), 10)
-    peer.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
-    spinner = Spinner(context, peer)
+    feed = CameraFeed(context, ns, "replayer")
     count = [0]
 
     def send(rgb: np.ndarray) -> int:
-        i = count[0]
+        sec = 10_000 + count[0]
         count[0] += 1
-        header = Header(stamp=Time(sec=10_000 + i), frame_id="camera")
-        info.header = header
-        pub_info.publish(info)
-        h, w = rgb.shape[:2]
-        pub.publish(Image(header=header, height=h, width=w, encoding="rgb8", step=w * 3, data=rgb.tobytes()))
-        if not wait_for(lambda: 10_000 + i in depth, 120):
-            raise RuntimeError(f"frame {i} not published")
-        return 10_000 + i
+        if not feed.send(sec, rgb, info, timeout=120):
+            raise RuntimeError(f"frame {sec} not published")
+        return sec
 
     try:
-        if not wait_for(lambda: pub.get_subscription_count() == 1 and pub_info.get_subscription_count() == 1, 120):
+        if not feed.matched(120):
             raise RuntimeError("the node did not subscribe")
         send(frames_train[0])                       # model loaded, first inference done
         start, sent = time.monotonic(), 0
@@ -85,11 +71,9 @@ def play(args, adapt: bool, frames_train, frames_test, info, gt) -> dict:
         time.sleep(2.0)                             # the last accepted model swapped in
         keys = [send(rgb) for rgb in frames_test]
         settings = EvalSettings(max_depth=args.max_depth)
-        import dataclasses
-
         scaled, unscaled = [], []
         for key, truth in zip(keys, gt):
-            msg = depth[key]
+            msg = feed.depth[key]
             pred = np.frombuffer(bytes(msg.data), "<f4").reshape(msg.height, msg.width)
             pred = np.where(np.isfinite(pred), pred, 0.0).astype(np.float32)
             row = evaluate_frame(truth, pred, settings)
@@ -98,11 +82,11 @@ def play(args, adapt: bool, frames_train, frames_test, info, gt) -> dict:
                 scaled.append(row)
             if row_raw is not None:
                 unscaled.append(row_raw)
-        mine = [st for m in diags[-3:] for st in m.status if ns in st.name]
-        values = {kv.key: kv.value for kv in mine[-1].values} if mine else {}
+        values = feed.values()
         verdicts = [line.split("adaptation: ", 1)[1].strip() for line in node_log.read_text().splitlines()
                     if "adaptation: candidate" in line]
-        return {"verdicts": verdicts, "abs_rel": summarize(scaled)["abs_rel"], "abs_rel_node_scale": summarize(unscaled)["abs_rel"],
+        return {"verdicts": verdicts, "abs_rel": summarize(scaled)["abs_rel"],
+                "abs_rel_node_scale": summarize(unscaled)["abs_rel"],
                 "scale_median": summarize(scaled)["scale_median"], "const_abs_rel": summarize(scaled)["const_abs_rel"],
                 "rate_hz": rate, "frames_looped": sent, "diagnostics": {k: v for k, v in values.items()
                                                                      if k.startswith("adapt") or k == "model"}}
@@ -112,8 +96,7 @@ def play(args, adapt: bool, frames_train, frames_test, info, gt) -> dict:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-        spinner.stop()
-        peer.destroy_node()
+        feed.close()
         rclpy.shutdown(context=context)
 
 
@@ -130,8 +113,7 @@ def main() -> None:
     p.add_argument("--max-depth", type=float, default=10.0)
     p.add_argument("--settings", nargs="+", default=["false", "true"], help="adapt values to run, in order")
     args = p.parse_args()
-    from rosbags.highlevel import AnyReader  # noqa: F401  (fail early without rosbags)
-    from sensor_msgs.msg import CameraInfo
+    from rosutil import camera_info_msg
 
     from spidepth_ros.bagio import iter_images, read_camera_info
     from spidepth_ros.training.evaluate import load_ground_truth, match_stamp
@@ -142,10 +124,7 @@ def main() -> None:
     stamps = np.array(sorted(truth))
     gt = [truth[match_stamp(s, stamps, 20_000_000)] for s, _ in test]
     calib = read_camera_info([args.train_bag], args.info_topic)
-    k = calib.intrinsics.matrix()
-    info = CameraInfo(width=calib.intrinsics.width, height=calib.intrinsics.height, k=k.ravel().tolist(),
-                      p=np.hstack([k, np.zeros((3, 1))]).ravel().tolist(), distortion_model="plumb_bob",
-                      d=[0.0] * 5, r=np.eye(3).ravel().tolist())
+    info = camera_info_msg(calib.intrinsics.matrix(), calib.intrinsics.width, calib.intrinsics.height)
     print(f"{len(train)} training frames looped for {args.minutes} min, then {len(test)} held-out frames")
     results = {}
     for setting in args.settings:

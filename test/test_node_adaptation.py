@@ -9,10 +9,9 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 
 from conftest import requires_ros2
-from rosutil import Spinner, wait_for
+from rosutil import CameraFeed, camera_info_msg, wait_for
 from test_node_process import assert_quiet_exit, finish, node_cmd, reliable, spawn
 
 pytestmark = requires_ros2
@@ -35,119 +34,78 @@ def worker_pids(node_pid: int) -> list[int]:
     return out
 
 
+def adapting_node(ns: str, tmp_path, *params: str):
+    return spawn(node_cmd("-r", f"__ns:=/{ns}", "-p", f"model_path:={REPO / 'models' / 'demo_small.pt'}",
+                          "-p", "backend:=torch", "-p", "device:=cpu", "-p", "adapt:=true",
+                          "-p", f"adapt_dir:={tmp_path / 'adapted'}", "-p", "diagnostics_period:=0.5",
+                          *params, *reliable(ns)))
+
+
 def test_adapting_node_swaps_without_dropping_a_frame_and_survives_its_worker(ros_context, tmp_path):
-    from builtin_interfaces.msg import Time
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-    from rclpy.node import Node
-    from sensor_msgs.msg import CameraInfo, Image
-    from std_msgs.msg import Header
+    from diagnostic_msgs.msg import DiagnosticStatus
 
     from spidepth_ros.synth import SynthConfig, render_sequence
 
     cfg = SynthConfig(width=320, height=96, frames=60, seed=21)
     frames = list(render_sequence(cfg))
     ns = "adapting"
-    proc = spawn(node_cmd("-r", f"__ns:=/{ns}", "-p", f"model_path:={REPO / 'models' / 'demo_small.pt'}",
-                          "-p", "backend:=torch", "-p", "device:=cpu", "-p", "adapt:=true",
-                          "-p", "adapt_steps_per_swap:=2", "-p", "adapt_guard_tolerance:=1.0",
-                          "-p", "adapt_max_share:=1.0", "-p", f"adapt_dir:={tmp_path / 'adapted'}",
-                          "-p", "diagnostics_period:=0.5", *reliable(ns)))
-    peer = Node("adapt_peer", namespace=ns, context=ros_context)
-    pub, pub_info = peer.create_publisher(Image, "image", 10), peer.create_publisher(CameraInfo, "camera_info", 10)
-    depth: dict = {}
-    diags: list = []
-    peer.create_subscription(Image, "depth/image", lambda m: depth.__setitem__(m.header.stamp.sec, m), 10)
-    peer.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
-    spinner = Spinner(ros_context, peer)
-    k = cfg.intrinsics.matrix()
+    proc = adapting_node(ns, tmp_path, "-p", "adapt_steps_per_swap:=2", "-p", "adapt_guard_tolerance:=1.0",
+                         "-p", "adapt_max_share:=1.0")
+    feed = CameraFeed(ros_context, ns, "adapt_peer")
+    info = camera_info_msg(cfg.intrinsics.matrix(), 320, 96)
+    sent = 0
 
-    def last_values() -> dict:
-        mine = [st for m in diags[-4:] for st in m.status if ns in st.name]
-        return {kv.key: kv.value for kv in mine[-1].values} if mine else {}
-
-    def send(i: int) -> None:
-        header = Header(stamp=Time(sec=3000 + i), frame_id="cam")
-        pub_info.publish(CameraInfo(header=header, width=320, height=96, k=k.ravel().tolist(),
-                                    p=np.hstack([k, np.zeros((3, 1))]).ravel().tolist()))
-        time.sleep(0.02)
-        f = frames[i % len(frames)]
-        pub.publish(Image(header=header, height=96, width=320, encoding="rgb8", step=960, data=f.rgb.tobytes()))
-        assert wait_for(lambda: 3000 + i in depth, 60), f"frame {i} was not published"
+    def send() -> None:
+        nonlocal sent
+        assert feed.send(3000 + sent, frames[sent % len(frames)].rgb, info), f"frame {sent} was not published"
+        sent += 1
 
     try:
-        assert wait_for(lambda: pub.get_subscription_count() == 1 and pub_info.get_subscription_count() == 1, 60)
-        sent = 0
+        assert feed.matched()
         deadline = time.monotonic() + 400
-        while not (last_values().get("adapt_accepted", "0") != "0" and "adapted_" in last_values().get("model", "")):
-            assert time.monotonic() < deadline, last_values()
-            send(sent)
-            sent += 1
+        while not (feed.values().get("adapt_accepted", "0") != "0" and "adapted_" in feed.values().get("model", "")):
+            assert time.monotonic() < deadline, feed.values()
+            send()
             time.sleep(0.1)                 # a camera's pace: the worker takes each frame
         for _ in range(5):                   # after the swap too
-            send(sent)
-            sent += 1
-        assert sorted(depth) == [3000 + i for i in range(sent)]      # every frame published, none dropped
-        values = last_values()
+            send()
+        assert sorted(feed.depth) == [3000 + i for i in range(sent)]      # every frame published, none dropped
+        values = feed.values()
         assert int(values["adapt_steps"]) >= 2 and int(values["adapt_keyframes"]) >= 3, values
         assert Path(values["adapt_last_model"]).is_file()
 
         pids = worker_pids(proc.pid)
         assert len(pids) == 1, pids
         os.kill(pids[0], signal.SIGKILL)
-        assert wait_for(lambda: last_values().get("adapt_state", "").startswith("stopped"), 30), last_values()
+        assert wait_for(lambda: feed.values().get("adapt_state", "").startswith("stopped"), 30), feed.values()
         for _ in range(3):                   # the node goes on with the last good (adapted) model
-            send(sent)
-            sent += 1
-        mine = [st for m in diags[-2:] for st in m.status if ns in st.name][-1]
+            send()
+        mine = feed.statuses(2)[-1]
         assert mine.level == DiagnosticStatus.WARN and "last good model" in mine.message, mine.message
-        assert "adapted_" in last_values()["model"]
+        assert "adapted_" in feed.values()["model"]
         code, out, _ = finish(proc, signal.SIGINT)
         assert_quiet_exit(code, out)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        spinner.stop()
-        peer.destroy_node()
+        feed.close()
 
 
 def test_ctrl_c_stops_an_adapting_node_and_its_worker_quietly(ros_context, tmp_path):
     """SIGINT to the process group (what Ctrl-C in a terminal does) while the worker is alive: exit 0, no
     traceback from either process, and no worker left behind."""
-    from builtin_interfaces.msg import Time
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.node import Node
-    from sensor_msgs.msg import CameraInfo, Image
-    from std_msgs.msg import Header
-
     from spidepth_ros.synth import SynthConfig, render_sequence
 
     cfg = SynthConfig(width=320, height=96, frames=12, seed=22)
-    frames = list(render_sequence(cfg))
     ns = "adapting_ctrl_c"
-    proc = spawn(node_cmd("-r", f"__ns:=/{ns}", "-p", f"model_path:={REPO / 'models' / 'demo_small.pt'}",
-                          "-p", "backend:=torch", "-p", "device:=cpu", "-p", "adapt:=true",
-                          "-p", f"adapt_dir:={tmp_path / 'adapted'}", "-p", "diagnostics_period:=0.5",
-                          *reliable(ns)))
-    peer = Node("ctrl_c_peer", namespace=ns, context=ros_context)
-    pub, pub_info = peer.create_publisher(Image, "image", 10), peer.create_publisher(CameraInfo, "camera_info", 10)
-    depth: dict = {}
-    diags: list = []
-    peer.create_subscription(Image, "depth/image", lambda m: depth.__setitem__(m.header.stamp.sec, m), 10)
-    peer.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
-    spinner = Spinner(ros_context, peer)
-    k = cfg.intrinsics.matrix()
+    proc = adapting_node(ns, tmp_path)
+    feed = CameraFeed(ros_context, ns, "ctrl_c_peer")
+    info = camera_info_msg(cfg.intrinsics.matrix(), 320, 96)
     try:
-        assert wait_for(lambda: pub.get_subscription_count() == 1 and pub_info.get_subscription_count() == 1, 60)
-        for i, f in enumerate(frames):
-            header = Header(stamp=Time(sec=4000 + i), frame_id="cam")
-            pub_info.publish(CameraInfo(header=header, width=320, height=96, k=k.ravel().tolist(),
-                                        p=np.hstack([k, np.zeros((3, 1))]).ravel().tolist()))
-            time.sleep(0.02)
-            pub.publish(Image(header=header, height=96, width=320, encoding="rgb8", step=960, data=f.rgb.tobytes()))
-            assert wait_for(lambda: 4000 + i in depth, 60), f"frame {i}"
-        assert wait_for(lambda: any(kv.key == "adapt_state" and kv.value in ("collecting", "adapting")
-                                    for m in diags[-3:] for st in m.status if ns in st.name for kv in st.values),
-                        60)
+        assert feed.matched()
+        for i, f in enumerate(render_sequence(cfg)):
+            assert feed.send(4000 + i, f.rgb, info), f"frame {i}"
+        assert wait_for(lambda: feed.values().get("adapt_state") in ("collecting", "adapting"), 60), feed.values()
         pids = worker_pids(proc.pid)
         assert len(pids) == 1, pids
         os.killpg(proc.pid, signal.SIGINT)
@@ -159,5 +117,4 @@ def test_ctrl_c_stops_an_adapting_node_and_its_worker_quietly(ros_context, tmp_p
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        spinner.stop()
-        peer.destroy_node()
+        feed.close()
