@@ -8,9 +8,12 @@ Imports no rclpy.
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import queue
+import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -20,6 +23,10 @@ import numpy as np
 INBOX_FRAMES = 8
 #: seconds the worker gets to stop before it is terminated
 STOP_TIMEOUT_S = 5.0
+#: the file ~/save_adapted writes in adapt_dir (the last accepted weights with the training state)
+SAVED_STATE_NAME = "adapted_state.pt"
+#: seconds a save may take: the worker finishes its training step first, then writes (and exports) the model
+SAVE_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -36,6 +43,8 @@ class AdaptationState:
     worker: dict = field(default_factory=dict)   # the worker's last status (steps, keyframes, time share ...)
     last_model: str = ""                 # the last accepted model file
     verdicts: list = field(default_factory=list)  # guard reports not yet taken (dicts: accepted, reason, numbers)
+    models: list = field(default_factory=list)    # accepted model files not yet taken, oldest first
+    saves: dict = field(default_factory=dict)     # save request id -> (file written or "", error or "")
 
 
 class AdaptationProcess:
@@ -51,6 +60,8 @@ class AdaptationProcess:
         self.process = context.Process(target=worker_main, args=(settings, self.inbox, self.outbox),
                                        name="spidepth-adaptation", daemon=True)
         self.state = AdaptationState()
+        self._lock = threading.Lock()          # the node's timer and its save service both read the worker's answers
+        self._request_ids = itertools.count(1)
         self.process.start()
 
     def offer(self, rgb: np.ndarray, stamp_ns: int) -> None:
@@ -66,9 +77,25 @@ class AdaptationProcess:
     def alive(self) -> bool:
         return self.process.is_alive()
 
-    def poll(self) -> list[str]:
-        """Read the worker's messages; returns the accepted model files, oldest first, and updates ``state``."""
-        models = []
+    def request_save(self, path: str) -> int:
+        """Ask the worker to write its state to ``path``; the answer appears in ``state.saves`` under the
+        returned id (after :meth:`poll`). Raises RuntimeError when the worker cannot be asked."""
+        if not self.alive():
+            raise RuntimeError(f"the adaptation worker is not running ({self.state.state}: {self.state.detail})")
+        request_id = next(self._request_ids)
+        try:
+            self.inbox.put(("save", request_id, str(path)), timeout=5.0)
+        except queue.Full:
+            raise RuntimeError("the adaptation worker is not taking messages (its queue stayed full for 5 s)")
+        return request_id
+
+    def poll(self) -> None:
+        """Read the worker's messages into ``state`` (accepted model files, verdicts, save answers, status)."""
+        with self._lock:
+            self._poll()
+
+    def _poll(self) -> None:
+        models = self.state.models
         while True:
             try:
                 message = self.outbox.get_nowait()
@@ -77,6 +104,8 @@ class AdaptationProcess:
             kind = message[0]
             if kind == "status":
                 self.state.worker = message[1]
+            elif kind == "saved":
+                self.state.saves[message[1]] = (message[2], message[3])
             elif kind == "accepted":
                 models.append(message[1])
                 self.state.accepted += 1
@@ -98,7 +127,13 @@ class AdaptationProcess:
                 self.state.state = "adapting"
             elif self.state.worker:
                 self.state.state = "collecting"
-        return models
+
+    def take(self) -> tuple[list[str], list[dict]]:
+        """The accepted model files and guard verdicts read since the last call (each handed out once)."""
+        with self._lock:
+            models, self.state.models = self.state.models, []
+            verdicts, self.state.verdicts = self.state.verdicts, []
+        return models, verdicts
 
     def stop(self) -> None:
         if self.alive():
@@ -128,6 +163,7 @@ class AdapterOptions:
     steps_per_swap: int
     guard_tolerance: float      # held-out photometric error a candidate may add (fraction)
     export_onnx: bool           # the node runs an .onnx: accepted weights are exported for the swap
+    learning_rate: float = 1e-4  # the worker's Adam learning rate
 
 
 class Adapter:
@@ -139,6 +175,7 @@ class Adapter:
         self.log = log                  # one line per guard verdict (the node's logger)
         self.process: Optional[AdaptationProcess] = None
         self.waiting_for = "the first frame with camera_info"
+        self._told_resumed = False
 
     def feed(self, network_rgb: np.ndarray, network_k_normalized: Optional[np.ndarray], stamp_ns: int) -> None:
         """``network_rgb``: the ``[h, w, 3]`` uint8 image the network saw; its normalised 4x4 intrinsics."""
@@ -150,7 +187,8 @@ class Adapter:
             self.process = AdaptationProcess(adapt_settings_for(
                 o.start_model, o.out_dir, w, h, network_k_normalized, device=o.device, max_share=o.max_share,
                 buffer_frames=o.buffer_frames, steps_per_candidate=o.steps_per_swap,
-                photometric_tolerance=o.guard_tolerance, export_onnx=o.export_onnx))
+                photometric_tolerance=o.guard_tolerance, export_onnx=o.export_onnx,
+                learning_rate=o.learning_rate))
             self.waiting_for = ""
         self.process.offer(network_rgb, stamp_ns)
 
@@ -158,11 +196,43 @@ class Adapter:
         """The newest model the guard accepted since the last call (older ones are superseded), or None."""
         if self.process is None:
             return None
-        models = self.process.poll()
-        verdicts, self.process.state.verdicts = self.process.state.verdicts, []     # taken: a long run keeps none
+        self.process.poll()
+        models, verdicts = self.process.take()           # taken: a long run keeps none
         for verdict in verdicts:
             self.log(format_verdict(verdict))
+        resumed = self.process.state.worker.get("resumed", "")
+        if resumed and not self._told_resumed:
+            self.log(f"adaptation: {resumed}")
+            self._told_resumed = True
         return models[-1] if models else None
+
+    def save(self, timeout_s: float = SAVE_TIMEOUT_S) -> tuple[bool, str]:
+        """Have the worker write the last accepted weights with its training state to ``adapt_dir``/
+        :data:`SAVED_STATE_NAME`; ``(done, what happened)``. Blocks until the worker answers (it finishes its
+        training step first): call it off the thread that infers."""
+        if self.process is None:
+            return False, f"adaptation has not started: it is waiting for {self.waiting_for}"
+        path = Path(self.options.out_dir) / SAVED_STATE_NAME
+        try:
+            request_id = self.process.request_save(str(path))
+        except RuntimeError as exc:
+            return False, str(exc)
+        answers = self.process.state.saves
+
+        def answered() -> bool:
+            self.process.poll()
+            return request_id in answers
+
+        if not wait_for(answered, timeout_s, period_s=0.1):
+            return False, f"the adaptation worker did not answer within {timeout_s:.0f} s"
+        written, error = answers.pop(request_id)
+        if error:
+            return False, f"saving {path} failed: {error}"
+        w = self.process.state.worker
+        onnx = f" and {path.with_suffix('.onnx').name}" if self.options.export_onnx else ""
+        return True, (f"wrote {written}{onnx} (the last accepted weights after {w.get('steps', 0)} steps, "
+                      f"{w.get('keyframes', 0)} keyframes, optimiser state); restart with model_path (or "
+                      f"adapt_model) set to it and adapt:=true to continue")
 
     def diagnostic_values(self) -> list[tuple[str, object]]:
         if self.process is None:
@@ -174,7 +244,7 @@ class Adapter:
                 ("adapt_last_rejection", st.last_rejection), ("adapt_keyframes", w.get("keyframes", 0)),
                 ("adapt_held_out_triplets", w.get("held_out_triplets", 0)),
                 ("adapt_time_share", f"{w.get('time_share', 0.0):.2f}"), ("adapt_frames_dropped", st.frames_dropped),
-                ("adapt_last_model", st.last_model)]
+                ("adapt_last_model", st.last_model), ("adapt_resumed", w.get("resumed", ""))]
 
     def problem(self) -> str:
         """Why adaptation is not working ("" when it is, or has not started)."""

@@ -41,6 +41,7 @@ class CameraFeed:
 
         self.namespace = namespace
         self.node = Node(name, namespace=namespace, context=context)
+        self._clients: dict = {}           # service name -> rclpy Client (see trigger)
         self.pub = self.node.create_publisher(Image, "image", 10)
         self.pub_info = self.node.create_publisher(CameraInfo, "camera_info", 10)
         self.depth: dict = {}
@@ -78,6 +79,25 @@ class CameraFeed:
         """The key/values of this namespace's newest DiagnosticStatus ({} before the first)."""
         mine = self.statuses()
         return {kv.key: kv.value for kv in mine[-1].values} if mine else {}
+
+    def trigger(self, service: str, timeout: float = 180.0) -> tuple[bool, str]:
+        """Call the std_srvs/Trigger ``service`` (relative to the namespace); (success, message).
+
+        One client per service for the feed's life: a client made just before its call can miss a fast answer
+        (wait_for_service sees the request reader; the server may not yet have matched the client's reply
+        reader, and DDS drops the reply), so the first call on it is the one that waits for discovery."""
+        from std_srvs.srv import Trigger
+
+        client = self._clients.get(service)
+        if client is None:
+            client = self._clients[service] = self.node.create_client(Trigger, service)
+            if not client.wait_for_service(timeout_sec=30.0):
+                raise TimeoutError(f"service {service} never appeared")
+            time.sleep(1.0)                 # the reply path's discovery (see above)
+        future = client.call_async(Trigger.Request())
+        if not wait_for(future.done, timeout):
+            raise TimeoutError(f"{service} did not answer in {timeout} s")
+        return future.result().success, future.result().message
 
     def close(self) -> None:
         self.spinner.stop()

@@ -95,6 +95,46 @@ def test_worker_trains_and_the_guard_rejects_a_candidate_made_worse_on_purpose(f
     assert status["rejected"] >= 1 and status["steps"] == 2 and status["keyframes"] == len(worker.buffer)
 
 
+def test_an_accepted_candidate_keeps_the_published_metric_scale(frames, tmp_path):
+    """Monocular training moves the network's scale freely; the accepted model is written with the running
+    model's depth_scale divided by the guard's measured scale change, so that the node's published depth
+    (network output x depth_scale, through the torch backend) keeps its median on the held-out keyframes, while
+    the raw outputs moved by that change. Without the correction the published median moves with it."""
+    from spidepth_ros.runtime import create_estimator
+    from spidepth_ros.training.adaptation import write_model
+
+    worker = Worker(settings_for(tmp_path, batch_size=2, min_train_triplets=2, photometric_tolerance=10.0,
+                                 min_spread_ratio=0.0, learning_rate=1e-3))
+    start_scale = worker.depth_scale
+    for f in frames[:24]:
+        worker.offer(f.rgb, f.stamp_ns)
+    for _ in range(3):
+        worker.train_step()
+    report = worker.judge()
+    assert report.accepted and abs(report.scale_ratio - 1) > 0.05, report     # the scale did move
+    assert worker.depth_scale == pytest.approx(start_scale / report.scale_ratio)
+    adapted = write_model(worker.trainer, tmp_path / "adapted.pt", False, worker.depth_scale)
+    _, triplets = worker.buffer.triplets()                     # the frames the guard measured the scale on
+    held = [worker.buffer.keyframes[t].rgb for _, _, t, _ in triplets[-worker.settings.guard_triplets:]]
+    medians = {}
+    for name, model in (("start", DEMO), ("adapted", adapted)):
+        estimator = create_estimator(model, "torch", "cpu")
+        estimator.start()
+        raw = np.concatenate([estimator.infer(rgb).depth.ravel() for rgb in held])
+        medians[name] = (float(np.median(raw)), float(np.median(raw)) * estimator.metadata.depth_scale)
+        estimator.stop()
+    raw_ratio = medians["adapted"][0] / medians["start"][0]
+    published_ratio = medians["adapted"][1] / medians["start"][1]
+    assert raw_ratio == pytest.approx(report.scale_ratio, rel=0.05), (raw_ratio, report.scale_ratio)
+    assert published_ratio == pytest.approx(1.0, abs=0.03), published_ratio
+
+
+def polled(process):
+    """The worker's messages read; its state."""
+    process.poll()
+    return process.state
+
+
 def test_worker_process_hands_back_a_loadable_model_and_dies_cleanly(frames, tmp_path):
     """The spawned worker receives frames through the queue, trains, and announces an accepted model file that
     the torch backend loads; killed, it is reported stopped with its exit code."""
@@ -103,18 +143,18 @@ def test_worker_process_hands_back_a_loadable_model_and_dies_cleanly(frames, tmp
 
     # a tolerant guard so that the first candidate is accepted (the guard's rejections are tested above)
     settings = settings_for(tmp_path, batch_size=2, min_train_triplets=2, steps_per_candidate=2,
-                            photometric_tolerance=1.0, min_spread_ratio=0.0, max_scale_drift=10.0, max_share=1.0)
+                            photometric_tolerance=1.0, min_spread_ratio=0.0, max_scale_change=100.0, max_share=1.0)
     process = AdaptationProcess(settings)
     try:
-        assert wait_for(lambda: process.poll() is not None and process.state.state == "collecting", 120.0), \
+        assert wait_for(lambda: polled(process).state == "collecting", 120.0), \
             process.state                                   # the worker has started (torch imported, model built)
         for i, f in enumerate(frames[:24]):
             process.offer(f.rgb, f.stamp_ns)
             # none dropped (the test needs them all): wait until the worker has taken this one
-            assert wait_for(lambda: process.poll() is not None and
-                            process.state.worker.get("frames_offered", 0) > i, 120.0), process.state
+            assert wait_for(lambda: polled(process).worker.get("frames_offered", 0) > i, 120.0), process.state
         models: list[str] = []
-        assert wait_for(lambda: bool(models.extend(process.poll()) or models), 240.0), process.state
+        assert wait_for(lambda: bool(polled(process) and models.extend(process.take()[0]) or models), 240.0), \
+            process.state
         depths = []
         for model in (models[0], DEMO):
             estimator = create_estimator(model, "torch", "cpu")
@@ -131,3 +171,48 @@ def test_worker_process_hands_back_a_loadable_model_and_dies_cleanly(frames, tmp
         assert process.state.state == "stopped" and "code" in process.state.detail
     finally:
         process.stop()
+
+
+def _all_params(worker) -> list[torch.Tensor]:
+    return [p.detach().clone() for net in (worker.trainer.depth_net, worker.trainer.pose_net)
+            for p in net.parameters()]
+
+
+def test_saved_adaptation_state_resumes_exactly(frames, tmp_path):
+    """Worker.save_state writes the accepted weights with the optimiser, counters, RNGs and keyframes; a worker
+    started from that file continues: same counters and keyframes, and its next training step gives the same
+    parameters, to the bit, as the saved worker's next step (Adam's moments included: a fresh optimiser's first
+    step differs). A plain model file starts a new adaptation."""
+    import dataclasses
+
+    from spidepth_ros.checkpoint import load_weights
+
+    s = settings_for(tmp_path, batch_size=2, min_train_triplets=2, photometric_tolerance=1.0, min_spread_ratio=0.0,
+                     max_scale_change=100.0)
+    a = Worker(s)
+    for f in frames[:24]:
+        a.offer(f.rgb, f.stamp_ns)
+    a.train_step()
+    a.train_step()
+    assert a.judge().accepted                                   # the tolerant guard takes it
+    path = a.save_state(tmp_path / "adapted" / "adapted_state.pt")
+    assert load_weights(path).preset.name == a.trainer.preset.name      # also a model file the node runs
+    assert (path.parent / "config.yaml").is_file()
+
+    b = Worker(dataclasses.replace(s, model_path=str(path)))
+    assert (b.steps, b.accepted, b.rejected) == (2, 1, 0) and "at step 2 with" in b.resumed, b.resumed
+    assert [k.serial for k in b.buffer.keyframes] == [k.serial for k in a.buffer.keyframes]
+    assert all(np.array_equal(x.rgb, y.rgb) for x, y in zip(a.buffer.keyframes, b.buffer.keyframes))
+    assert b.buffer.triplets() == a.buffer.triplets()
+    saved = _all_params(a)
+    assert all(torch.equal(x, y) for x, y in zip(saved, _all_params(b)))
+    rng = torch.get_rng_state()                                 # b's start restored the saved torch RNG
+    a.train_step()
+    torch.set_rng_state(rng)
+    b.train_step()
+    after_a, after_b = _all_params(a), _all_params(b)
+    assert max(float((x - y).abs().max()) for x, y in zip(after_a, saved)) > 0      # the step moved them
+    assert all(torch.equal(x, y) for x, y in zip(after_a, after_b))
+
+    fresh = Worker(dataclasses.replace(s, model_path=str(DEMO)))
+    assert fresh.steps == 0 and fresh.resumed == "" and len(fresh.buffer) == 0

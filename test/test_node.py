@@ -921,3 +921,43 @@ def test_camera_height_from_tf_where_tf2_ros_exists(ros_context, small_onnx):
         spinner.stop()
         node.destroy_node()
         harness.node.destroy_node()
+
+
+def test_a_callback_that_raises_does_not_stop_the_executor(ros_context):
+    """The node's spin loop logs a callback's exception and goes on (a save_adapted bug once took the whole
+    executor thread, and with it every camera's depth): a timer that fails on its first tick keeps ticking."""
+    import threading
+
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+
+    from spidepth_ros.ros.depth_node import _spin
+
+    node = Node("spin_resilience", context=ros_context)
+    ticks, logged = [], []
+
+    def tick() -> None:
+        ticks.append(time.monotonic())
+        if len(ticks) == 1:
+            raise RuntimeError("first tick fails")
+
+    class Logger:
+        def error(self, message, **kwargs):
+            logged.append(message)
+
+    node.create_timer(0.05, tick)
+    executor = MultiThreadedExecutor(num_threads=2, context=ros_context)
+    executor.add_node(node)
+    stop = threading.Event()
+    spinner = threading.Thread(target=_spin, args=(executor, stop, Logger()), daemon=True)
+    spinner.start()
+    try:
+        assert wait_for(lambda: len(ticks) >= 5, 10), len(ticks)
+        assert spinner.is_alive()
+        assert len(logged) == 1 and "first tick fails" in logged[0] and "Traceback" in logged[0], logged
+    finally:
+        stop.set()
+        spinner.join(timeout=5)
+        executor.remove_node(node)
+        executor.shutdown(timeout_sec=2)
+        node.destroy_node()

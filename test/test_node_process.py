@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,9 +34,16 @@ def reliable(namespace: str) -> list[str]:
 
 
 def spawn(args: list[str]) -> subprocess.Popen:
+    """Start a node process; its output is read as it comes into ``proc.log`` (a list of lines): a pipe nobody
+    reads fills after 64 KiB and then blocks the node's next log call, which hangs whatever thread made it."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
+    proc.log = []
+    proc.log_reader = threading.Thread(target=lambda: proc.log.extend(iter(proc.stdout.readline, "")),
+                                       daemon=True)
+    proc.log_reader.start()
+    return proc
 
 
 def finish(proc: subprocess.Popen, sig=None, timeout: float = 20.0) -> tuple[int, str, float]:
@@ -44,12 +52,15 @@ def finish(proc: subprocess.Popen, sig=None, timeout: float = 20.0) -> tuple[int
     if sig is not None:
         proc.send_signal(sig)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"node did not exit within {timeout} s of {sig}:\n{out}")
-    return proc.returncode, out, time.monotonic() - t0
+        proc.wait()
+        proc.log_reader.join(timeout=5.0)
+        pytest.fail(f"node did not exit within {timeout} s of {sig}:\n{''.join(proc.log)}")
+    seconds = time.monotonic() - t0
+    proc.log_reader.join(timeout=5.0)
+    return proc.returncode, "".join(proc.log), seconds
 
 
 def assert_quiet_exit(code: int, out: str) -> None:
@@ -222,16 +233,9 @@ def test_signal_while_streaming_exits_zero_quietly(ros_context, small_onnx, sig)
 def test_signal_during_model_load_exits_zero_quickly(small_checkpoint, sig):
     """A torch checkpoint takes seconds to load (importing torch alone): a signal then stops it at once."""
     proc = spawn(node_cmd("-r", "__ns:=/loading", "-p", f"model_path:={small_checkpoint}", "-p", "backend:=torch"))
-    lines = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "loading model" in line or not line:
-            break
-    assert "loading model" in lines[-1], "".join(lines)
+    assert wait_for(lambda: "loading model" in "".join(proc.log) or proc.poll() is not None, 30, period=0.005)
+    assert "loading model" in "".join(proc.log), "".join(proc.log)
     code, out, seconds = finish(proc, sig)
-    out = "".join(lines) + out
     assert_quiet_exit(code, out)
     assert f"{sig.name} during start-up" in out
     assert seconds < 5.0

@@ -178,6 +178,51 @@ def test_tensorrt_int8_engine_from_the_qdq_export(small_checkpoint, tmp_path):
 
 
 @requires_tensorrt
+def test_tensorrt_refit_takes_adapted_weights_without_a_rebuild(small_checkpoint, tmp_path, rng):
+    """A refittable engine built from one model, refitted with another model's weights (same preset: what
+    adaptation produces), computes that other model (parity with ONNX Runtime on it), while the first instance
+    still computes the first model; no engine file is built for the second; an engine built without the flag
+    offers no refit."""
+    import torch
+
+    from spidepth_ros.checkpoint import load_weights, save_checkpoint
+    from spidepth_ros.export import export_onnx
+    from spidepth_ros.runtime.tensorrt_backend import TensorRTDepthEstimator
+
+    loaded = load_weights(small_checkpoint)
+    net, _ = loaded.build()
+    with torch.no_grad():
+        for p in net.depth_decoder.parameters():
+            p.mul_(1.5)                                      # other weights, the same network
+    other_ckpt = save_checkpoint(tmp_path / "other.pt", loaded.preset, net)
+    first, _ = export_onnx(small_checkpoint, tmp_path / "m.onnx")
+    second, _ = export_onnx(other_ckpt, tmp_path / "other.onnx")
+    x = rng.random((1, 3, 96, 320)).astype(np.float32)
+    cache = tmp_path / "cache"
+    with TensorRTDepthEstimator(first, "fp32", cache_dir=cache, refittable=True) as running, \
+            OnnxRuntimeDepthEstimator(first) as ort_first, OnnxRuntimeDepthEstimator(second) as ort_second:
+        engines = sorted(cache.glob("*.engine"))
+        refitted = running.with_weights_of(second)
+        try:
+            assert sorted(cache.glob("*.engine")) == engines             # refitted, not built
+            assert max_rel(refitted.infer_tensor(x), ort_second.infer_tensor(x)) <= 1e-3
+            assert max_rel(running.infer_tensor(x), ort_first.infer_tensor(x)) <= 1e-3
+            assert max_rel(ort_first.infer_tensor(x), ort_second.infer_tensor(x)) > 1e-2     # they differ
+        finally:
+            refitted.stop()
+    with TensorRTDepthEstimator(first, "fp32", cache_dir=cache) as fixed:
+        assert fixed.with_weights_of(second) is None
+
+
+def test_backends_without_a_fast_weight_swap_say_so(small_checkpoint, small_onnx):
+    """ONNX Runtime and torch have no refit: with_weights_of answers None and the node loads the model."""
+    from spidepth_ros.runtime.torch_backend import TorchDepthEstimator
+
+    with OnnxRuntimeDepthEstimator(small_onnx) as ort, TorchDepthEstimator(small_checkpoint, "cpu") as pt:
+        assert ort.with_weights_of(small_onnx) is None and pt.with_weights_of(small_checkpoint) is None
+
+
+@requires_tensorrt
 def test_foreign_engine_is_refused(small_checkpoint, tmp_path):
     from dataclasses import replace
 

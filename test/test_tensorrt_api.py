@@ -17,7 +17,7 @@ from spidepth_ros.runtime import tensorrt_backend as trt_backend
 REPO = Path(__file__).resolve().parent.parent
 WHEELS = REPO / ".cache" / "tensorrt-wheels"
 #: variables and attributes of the backend that hold TensorRT objects
-TRT_VARIABLES = {"trt", "builder", "network", "parser", "config", "profile", "tensor"}
+TRT_VARIABLES = {"trt", "builder", "network", "parser", "config", "profile", "tensor", "refitter"}
 TRT_SELF_ATTRIBUTES = {"engine", "context", "runtime"}
 
 

@@ -470,3 +470,35 @@ def test_default_recipe_step_trains_depth_and_only_the_distillation_trains_posen
         depth_now = dict(trainer.depth_net.named_parameters())
         assert any(not torch.equal(v, depth_now[k]) for k, v in depth0.items())
     assert changed == {1.0: True, 0.0: False}
+
+
+def test_a_non_finite_loss_makes_no_update_and_a_divergence_stops_with_the_reason(bags, tmp_path, monkeypatch):
+    """A batch whose loss is NaN (one input image poisoned) is skipped: no parameter or Adam state changes, the
+    step is counted as non-finite, the next good batch trains; MAX_NONFINITE_STEPS in a row raise with what to
+    do. (Backward through the warp's sampling with NaN coordinates can kill the process: it must not run.)"""
+    from spidepth_ros.training import trainer as trainer_module
+    from spidepth_ros.training.diagnostics import EpochDiagnostics
+
+    cfg = make_cfg(bags, tmp_path / "nan")
+    trainer, data = _trainer_and_data(cfg, tmp_path / "cache")
+    good = next(iter(torch.utils.data.DataLoader(data.train, batch_size=4)))
+    bad = {k: v.clone() for k, v in good.items()}
+    key = next(k for k, v in bad.items() if v.is_floating_point() and v.dim() == 4)    # an image tensor
+    bad[key][0, 0, 0, 0] = float("nan")
+    before = {**parameters(trainer.depth_net), **{f"pose.{k}": v for k, v in parameters(trainer.pose_net).items()}}
+    diagnostics = EpochDiagnostics()
+    out = trainer.train_step(bad)
+    diagnostics.add(out)
+    assert out.get("skipped") and not torch.isfinite(out["loss"])
+    after = {**parameters(trainer.depth_net), **{f"pose.{k}": v for k, v in parameters(trainer.pose_net).items()}}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert trainer.optimizer.state_dict()["state"] == {}                     # Adam never stepped
+    assert diagnostics.summary()["train_nonfinite_steps"] == 1
+    out = trainer.train_step(good)
+    assert not out.get("skipped") and trainer.nonfinite_in_a_row == 0
+    assert any(not torch.equal(before[k], v) for k, v in parameters(trainer.depth_net).items())
+    monkeypatch.setattr(trainer_module, "MAX_NONFINITE_STEPS", 3)
+    trainer.train_step(bad)
+    trainer.train_step(bad)
+    with pytest.raises(FloatingPointError, match="not finite for 3 steps in a row.*lower optim.lr"):
+        trainer.train_step(bad)

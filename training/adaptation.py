@@ -27,6 +27,8 @@ import numpy as np
 
 #: keyframe serial numbers n with n % holdout_every == HOLDOUT_PHASE are never training targets
 HOLDOUT_PHASE = 0
+#: the checkpoint entry that makes a saved model a resumable adaptation state (Worker.save_state)
+STATE_KEY = "adaptation"
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,11 @@ class AdaptSettings:
     guard_triplets: int = 16                     # held-out triplets the guard scores (the newest)
     photometric_tolerance: float = 0.0           # reject when held-out photometric error rises by more (fraction)
     min_spread_ratio: float = 0.7                # reject when the depth spread (p95/p5) falls below this x current
-    max_scale_drift: float = 0.3                 # reject when the median depth moves by more (fraction) vs current
+    max_scale_change: float = 4.0                # reject when the median depth moves beyond this factor (either
+                                                 # way) vs current; within it the written model's depth_scale
+                                                 # takes the change back (monocular scale is free to drift)
     export_onnx: bool = False                    # also write an ONNX (+ sidecar) for the ONNX Runtime backend
+    learning_rate: float = 1e-4                  # the default recipe's optim.lr (config/train.yaml)
     seed: int = 0
 
 
@@ -103,6 +108,37 @@ class KeyframeBuffer:
     def _add(self, keyframe: Keyframe) -> None:
         self.keyframes.append(keyframe)
         self.serial += 1
+
+    def state(self) -> dict:
+        """The buffer as tensors and numbers (a checkpoint entry that loads with ``weights_only=True``)."""
+        import torch
+
+        frames = list(self.keyframes)
+        h, w = (frames[0].rgb.shape[:2]) if frames else (0, 0)
+        return {"rgb": torch.from_numpy(np.stack([f.rgb for f in frames]) if frames
+                                        else np.zeros((0, h, w, 3), np.uint8)),
+                "stamp_ns": torch.tensor([f.stamp_ns for f in frames], dtype=torch.int64),
+                "serial": torch.tensor([f.serial for f in frames], dtype=torch.int64),
+                "parallax_px": torch.tensor([f.parallax_px for f in frames], dtype=torch.float32),
+                "rotation_vec": torch.from_numpy(np.stack([f.rotation_vec for f in frames]) if frames
+                                                 else np.zeros((0, 3), np.float32)),
+                "k_pixels": torch.from_numpy(self.k_pixels.copy()), "next_serial": self.serial,
+                "offered": self.offered}
+
+    def restore(self, state: dict, width: int, height: int) -> str:
+        """Take the keyframes of :meth:`state` back; returns why not ("" when restored): they must have this
+        network size (``width`` x ``height``) and intrinsics (another camera starts an empty buffer)."""
+        rgb = state["rgb"].numpy()
+        if len(rgb) and tuple(rgb.shape[1:]) != (height, width, 3):
+            return f"the saved keyframes are {rgb.shape[2]}x{rgb.shape[1]}, the network takes {width}x{height}"
+        if not np.allclose(state["k_pixels"].numpy(), self.k_pixels, rtol=1e-3, atol=1e-2):
+            return "the saved keyframes were taken with other camera intrinsics"
+        self.keyframes.clear()
+        for i in range(len(rgb)):
+            self.keyframes.append(Keyframe(int(state["serial"][i]), rgb[i].copy(), int(state["stamp_ns"][i]),
+                                           float(state["parallax_px"][i]), state["rotation_vec"][i].numpy().copy()))
+        self.serial, self.offered = int(state["next_serial"]), int(state["offered"])
+        return ""
 
     def held_out(self, keyframe: Keyframe) -> bool:
         return keyframe.serial % self.holdout_every == HOLDOUT_PHASE
@@ -186,9 +222,9 @@ def judge_candidate(trainer, current_state: dict, batches: list[dict], settings:
     elif cand[1] < settings.min_spread_ratio * cur[1]:
         reason = (f"depth spread (p95/p5) fell from {cur[1]:.2f} to {cand[1]:.2f}, below "
                   f"{settings.min_spread_ratio:g}x: flattening towards a collapse")
-    elif abs(cand[2] / cur[2] - 1) > settings.max_scale_drift:
-        reason = (f"median depth moved {cand[2] / cur[2]:.2f}x against the running model (limit "
-                  f"{settings.max_scale_drift:.0%}): scale drift")
+    elif not (1 / settings.max_scale_change <= cand[2] / cur[2] <= settings.max_scale_change):
+        reason = (f"median depth moved {cand[2] / cur[2]:.2f}x against the running model, beyond the "
+                  f"{settings.max_scale_change:g}x a depth_scale correction may take")
     return GuardReport(not reason, reason, cur[0], cand[0], cur[1], cand[1], cand[2] / cur[2],
                        sum(len(b["index"]) for b in batches))
 
@@ -201,7 +237,7 @@ def adaptation_config(settings: AdaptSettings):
     return config_from_dict({
         "model": {"init": settings.model_path},
         "data": {"target_parallax_px": settings.target_parallax_px, "max_frame_offset": 1},
-        "optim": {"batch_size": settings.batch_size},
+        "optim": {"batch_size": settings.batch_size, "lr": settings.learning_rate},
         "device": settings.device, "threads": settings.threads, "seed": settings.seed,
         "out_dir": settings.out_dir})
 
@@ -213,12 +249,13 @@ def _collate(dataset, indices: list[int]) -> dict:
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
-def write_model(trainer, path: Path, export_onnx: bool) -> Path:
-    """The trainer's weights as a model file the node loads (``.pt``; with ``export_onnx`` also the ``.onnx``
-    and its sidecar next to it, returned instead). Written atomically (save_checkpoint)."""
+def write_model(trainer, path: Path, export_onnx: bool, depth_scale: float) -> Path:
+    """The trainer's weights as a model file the node loads (``.pt`` with its ``depth_scale``: model units ->
+    published metres; with ``export_onnx`` also the ``.onnx`` and its sidecar next to it, returned instead).
+    Written atomically (save_checkpoint)."""
     from spidepth_ros.checkpoint import save_checkpoint
 
-    save_checkpoint(path, trainer.preset, trainer.depth_net, trainer.pose_net)
+    save_checkpoint(path, trainer.preset, trainer.depth_net, trainer.pose_net, depth_scale=float(depth_scale))
     if not export_onnx:
         return path
     from spidepth_ros.export import export_onnx as export
@@ -226,6 +263,15 @@ def write_model(trainer, path: Path, export_onnx: bool) -> Path:
     onnx_path = path.with_suffix(".onnx")
     export(path, onnx_path)
     return onnx_path
+
+
+def _checkpoint_depth_scale(path: Path) -> float:
+    """The ``depth_scale`` a model file carries (1.0 where it has none, e.g. an official folder)."""
+    if path.suffix != ".pt":
+        return 1.0
+    from spidepth_ros.checkpoint import load_weights
+
+    return float(load_weights(path).extra.get("depth_scale") or 1.0)
 
 
 class Worker:
@@ -250,12 +296,72 @@ class Worker:
         k_pix = PinholeIntrinsics.from_normalized(k_norm, settings.width, settings.height).matrix()
         self.buffer = KeyframeBuffer(k_pix, settings.target_parallax_px, settings.buffer_frames,
                                      settings.holdout_every)
-        self.current_state = copy.deepcopy(self.trainer.depth_net.state_dict())
         self.rng = np.random.default_rng(settings.seed)
         self.steps = self.accepted = self.rejected = 0
+        self.resumed = ""                # what a saved adaptation state gave back (status and log)
+        # the running model's depth_scale (model units -> metres); each accepted candidate's scale change is
+        # divided out of it, so the node publishes the same metric scale whatever the network drifted to
+        self.depth_scale = _checkpoint_depth_scale(Path(settings.model_path))
+        self._resume(Path(settings.model_path))
+        self.current_state = copy.deepcopy(self.trainer.depth_net.state_dict())
+        self.current_training = self._training_state()      # what a rejection goes back to, with the weights
         self.busy_s = 0.0
         self.started = time.monotonic()
         self.last_report: Optional[GuardReport] = None
+
+    def _resume(self, path: Path) -> None:
+        """Continue a saved adaptation (:meth:`save_state`): optimiser, counters, RNGs and keyframes; a plain
+        model file starts a new one."""
+        from spidepth_ros.checkpoint import safe_torch_load
+
+        if path.suffix != ".pt":
+            return
+        data = safe_torch_load(path)
+        saved = data.get(STATE_KEY) if isinstance(data, dict) else None
+        if not isinstance(saved, dict):
+            return
+        self.trainer.load(path)            # weights (the accepted ones), optimiser, scheduler, counters, torch RNG
+        o = self.cfg.optim                 # this run's learning rate (adapt_learning_rate may have changed)
+        for group, lr in zip(self.trainer.optimizer.param_groups,
+                             (o.lr * o.encoder_lr_factor, o.lr, o.lr * o.pose_lr_factor)):
+            group["lr"] = lr
+        self.steps, self.accepted, self.rejected = (int(saved[k]) for k in ("steps", "accepted", "rejected"))
+        self.rng.bit_generator.state = saved["rng"]
+        why_not = self.buffer.restore(saved["buffer"], self.settings.width, self.settings.height)
+        self.resumed = (f"resumed {path.name} at step {self.steps}"
+                        + (f" without its keyframes ({why_not})" if why_not else
+                           f" with {len(self.buffer)} keyframes"))
+
+    def _training_state(self) -> dict:
+        """PoseNet's weights and the optimiser's state (Adam's moments), copied."""
+        import copy
+
+        return copy.deepcopy({"pose_net": self.trainer.pose_net.state_dict(),
+                              "optimizer": self.trainer.optimizer.state_dict()})
+
+    def _load_training_state(self, state: dict) -> None:
+        import copy
+
+        self.trainer.pose_net.load_state_dict(state["pose_net"])
+        self.trainer.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+
+    def save_state(self, path: Path) -> Path:
+        """Write the last accepted weights with the training state (optimiser, counters, RNGs, keyframes) as one
+        checkpoint, atomically: a model file the node runs, and a state a worker started from it continues."""
+        import copy
+
+        candidate = copy.deepcopy(self.trainer.depth_net.state_dict())
+        candidate_training = self._training_state()
+        self.trainer.depth_net.load_state_dict(self.current_state)
+        self._load_training_state(self.current_training)
+        try:
+            self.trainer.save(Path(path), depth_scale=float(self.depth_scale), **{STATE_KEY: {
+                "steps": self.steps, "accepted": self.accepted, "rejected": self.rejected,
+                "rng": self.rng.bit_generator.state, "buffer": self.buffer.state()}})
+        finally:
+            self.trainer.depth_net.load_state_dict(candidate)
+            self._load_training_state(candidate_training)
+        return Path(path)
 
     def offer(self, rgb: np.ndarray, stamp_ns: int) -> None:
         self.buffer.offer(rgb, stamp_ns)
@@ -280,7 +386,7 @@ class Worker:
 
     def judge(self) -> GuardReport:
         """Judge the current weights on the newest held-out triplets; accept (they become the reference) or
-        reject (the network goes back to the last accepted weights)."""
+        reject (the networks and the optimiser go back to the last accepted state)."""
         import copy
 
         from .data import TripletDataset
@@ -295,9 +401,12 @@ class Worker:
         report = judge_candidate(self.trainer, self.current_state, batches, s)
         if report.accepted:
             self.current_state = copy.deepcopy(self.trainer.depth_net.state_dict())
+            self.current_training = self._training_state()
+            self.depth_scale /= report.scale_ratio
             self.accepted += 1
-        else:
+        else:                # back to the accepted weights, PoseNet and Adam moments (a divergence leaves none)
             self.trainer.depth_net.load_state_dict(self.current_state)
+            self._load_training_state(self.current_training)
             self.rejected += 1
         self.last_report = report
         return report
@@ -305,16 +414,32 @@ class Worker:
     def status(self) -> dict:
         train, held = self.buffer.triplets()
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        return {"steps": self.steps, "accepted": self.accepted, "rejected": self.rejected,
+        return {"steps": self.steps, "accepted": self.accepted, "rejected": self.rejected, "resumed": self.resumed,
                 "keyframes": len(self.buffer), "frames_offered": self.buffer.offered,
                 "train_triplets": len(train), "held_out_triplets": len(held),
                 "time_share": self.busy_s / elapsed}
 
 
+def save_state(worker: Worker, path: Path, export_onnx: bool) -> tuple[str, str]:
+    """``(file, "")`` after writing the worker's state (and its ONNX export beside it, for a node on ONNX
+    Runtime), or ``("", why not)``: a failed save is answered, it does not stop the worker."""
+    try:
+        worker.save_state(path)
+        if export_onnx:
+            from spidepth_ros.export import export_onnx as export
+
+            export(path, path.with_suffix(".onnx"))
+        return str(path), ""
+    except Exception as exc:  # a full disk, a read-only folder: the caller is told
+        return "", f"{type(exc).__name__}: {exc}"
+
+
 def worker_main(settings: AdaptSettings, inbox, outbox) -> None:
-    """The worker process: frames in (``("frame", rgb, stamp_ns)``; ``("stop",)`` ends it), messages out:
-    ``("accepted", model_path, report, status)``, ``("rejected", reason, report, status)``, ``("status", status)``,
-    ``("error", text)``. Its compute is held to ``settings.max_share`` of wall time by sleeping after each step."""
+    """The worker process: messages in: ``("frame", rgb, stamp_ns)``, ``("save", request_id, path)`` (write the
+    adaptation state, :meth:`Worker.save_state`), ``("stop",)``; messages out: ``("accepted", model_path, report,
+    status)``, ``("rejected", reason, report, status)``, ``("saved", request_id, path, error)``, ``("status",
+    status)``, ``("error", text)``. Its compute is held to ``settings.max_share`` of wall time by sleeping after
+    each step."""
     import signal
 
     # Ctrl-C in a terminal reaches the whole process group: the node stops this worker itself (a "stop" message,
@@ -345,6 +470,9 @@ def worker_main(settings: AdaptSettings, inbox, outbox) -> None:
                 message = inbox.get(timeout=timeout) if timeout > 0 else inbox.get_nowait()
                 if message[0] == "stop":
                     return
+                if message[0] == "save":
+                    outbox.put(("saved", message[1], *save_state(worker, Path(message[2]), settings.export_onnx)))
+                    continue
                 start = time.monotonic()
                 worker.offer(message[1], message[2])
                 worker.busy_s += time.monotonic() - start
@@ -360,7 +488,7 @@ def worker_main(settings: AdaptSettings, inbox, outbox) -> None:
                 report = worker.judge()
                 if report.accepted:
                     path = write_model(worker.trainer, out_dir / f"adapted_{worker.accepted:04d}.pt",
-                                       settings.export_onnx)
+                                       settings.export_onnx, worker.depth_scale)
                     outbox.put(("accepted", str(path), asdict(report), worker.status()))
                 else:
                     outbox.put(("rejected", report.reason, asdict(report), worker.status()))

@@ -41,6 +41,11 @@ class EpochDiagnostics:
     steps: int = 0
 
     def add(self, out: dict) -> None:
+        if out.get("skipped"):              # a non-finite loss: no update was made (Trainer.train_step)
+            self.sums["nonfinite_steps"] = self.sums.get("nonfinite_steps", 0.0) + 1
+            self.counts["nonfinite_steps"] = 1          # summed, not averaged
+            self.steps += 1
+            return
         depth = out["depth"].detach().float().flatten(1)
         q = torch.quantile(depth[:, :: max(1, depth.shape[1] // 20000)], torch.tensor([0.05, 0.5, 0.95]), dim=1)
         values = {"depth_spread_p95_p5": float((q[2] / q[0].clamp_min(1e-6)).mean()),

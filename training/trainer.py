@@ -149,6 +149,10 @@ def split_pose_param_group(optimizer: dict, scheduler: dict, decoder_params: int
     return optimizer, scheduler
 
 
+#: consecutive steps with a non-finite loss after which training stops (the weights are beyond recovery)
+MAX_NONFINITE_STEPS = 20
+
+
 class Trainer:
     """Owns the models, optimiser and the step; hooks (logging, validation) are passed in as callables."""
 
@@ -197,6 +201,7 @@ class Trainer:
         self.elapsed_s = 0.0            # wall-clock seconds of fit() so far, carried across resumes (max_minutes)
         self.epoch_diagnostics = EpochDiagnostics()      # reset by whoever reads it at the end of an epoch
         self.global_step = 0
+        self.nonfinite_in_a_row = 0     # steps skipped for a non-finite loss since the last good one
         self._ddp_depth = self._ddp_pose = None
         if dist_info.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -324,9 +329,27 @@ class Trainer:
         self.depth_net.train(not frozen)
 
     def train_step(self, batch: dict) -> dict:
+        """One optimiser step on ``batch``; a batch whose loss is not finite makes none (``out["skipped"]``):
+        torch's backward through the warp's sampling can crash the process on NaN coordinates, and a NaN
+        update would poison every weight. :data:`MAX_NONFINITE_STEPS` in a row stop training with the reason."""
         self._apply_warmup()
         self.optimizer.zero_grad(set_to_none=True)
         out = self.compute_loss(batch)
+        finite = torch.isfinite(out["loss"].detach()).to(torch.int32)
+        if self.dist.world_size > 1:        # every rank skips together, or DDP's gradient all-reduce would hang
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        self.global_step += 1
+        self.step_in_epoch += 1
+        if not bool(finite):
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= MAX_NONFINITE_STEPS:
+                raise FloatingPointError(
+                    f"the loss was not finite for {self.nonfinite_in_a_row} steps in a row (step "
+                    f"{self.global_step}): training diverged; lower optim.lr (now {self.cfg.optim.lr:g}) or resume "
+                    "from an earlier checkpoint")
+            out["skipped"] = True
+            return out
+        self.nonfinite_in_a_row = 0
         self.scaler.scale(out["loss"]).backward()
         if self.cfg.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -334,19 +357,19 @@ class Trainer:
             out["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.global_step += 1
-        self.step_in_epoch += 1
         return out
 
     # -- checkpoints -----------------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, **extra) -> None:
+        """A resumable training checkpoint (models, optimiser, scheduler, counters, RNG; ``extra`` entries
+        beside them), written atomically, with the config saved as config.yaml in the same folder."""
         if not self.dist.is_main:
             return
         save_checkpoint(path, self.preset, self.depth_net, self.pose_net, config=self.cfg.to_dict(),
                         optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                         scaler=self.scaler.state_dict(), epoch=self.epoch, step_in_epoch=self.step_in_epoch,
                         global_step=self.global_step, torch_rng=torch.get_rng_state(),
-                        elapsed_s=self.elapsed_s)
+                        elapsed_s=self.elapsed_s, **extra)
         save_config(self.cfg, path.parent / "config.yaml")
 
     def load(self, path: Path) -> None:

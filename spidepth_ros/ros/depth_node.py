@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +40,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy._rclpy_pybind11 import RCLError
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, ShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import LoggingSeverity
@@ -48,6 +50,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
+from std_srvs.srv import Trigger
 
 from ..encodings import ImageDecodeError
 from ..pipeline import CloudOptions, DepthPipeline
@@ -95,6 +98,7 @@ class DepthNode(LifecycleNode):
         self._lazy_timer = None
         self.adapter = None                          # spidepth_ros.adaptation.Adapter while adapting (adapt: true)
         self._adapt_timer = None
+        self._save_adapted_srv = None                # ~/save_adapted while adapting
         self._tf_buffer = None                       # tf2_ros buffer for base_frame (camera height from TF)
         self._activated_at: Optional[float] = None
         self._diag_timer = None
@@ -145,6 +149,9 @@ class DepthNode(LifecycleNode):
         if self.params.adapt:
             self.adapter = self._make_adapter()
             self._adapt_timer = self.create_timer(ADAPT_POLL_PERIOD_S, self._swap_in_adapted)
+            # its own callback group: a save waits for the worker (seconds) while frames and timers go on
+            self._save_adapted_srv = self.create_service(Trigger, "~/save_adapted", self._on_save_adapted,
+                                                         callback_group=MutuallyExclusiveCallbackGroup())
         self.state_label = "active"
         return TransitionCallbackReturn.SUCCESS
 
@@ -207,6 +214,9 @@ class DepthNode(LifecycleNode):
         if self._adapt_timer is not None:
             self.destroy_timer(self._adapt_timer)
             self._adapt_timer = None
+        if self._save_adapted_srv is not None:
+            self.destroy_service(self._save_adapted_srv)
+            self._save_adapted_srv = None
         for cam in self.cameras:
             for sub in (cam.input_sub, cam.info_sub):
                 if sub is not None:
@@ -257,7 +267,8 @@ class DepthNode(LifecycleNode):
                                f"time); accepted models go to {out_dir}")
         return Adapter(AdapterOptions(start, out_dir, device, p.adapt_max_share, p.adapt_buffer_frames,
                                       p.adapt_steps_per_swap, p.adapt_guard_tolerance,
-                                      export_onnx=self.active_model_path.endswith(".onnx")),
+                                      export_onnx=Path(self.active_model_path).suffix in (".onnx", ".engine"),
+                                      learning_rate=p.adapt_learning_rate),
                        log=self.get_logger().info)
 
     def _feed_adapter(self, pipeline: DepthPipeline, result, camera, header) -> None:
@@ -282,14 +293,37 @@ class DepthNode(LifecycleNode):
         self._loader = threading.Thread(target=self._swap_model, args=(model,), name=ADAPTED_LOADER, daemon=True)
         self._loader.start()
 
+    def _on_save_adapted(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """~/save_adapted: the worker writes the last accepted weights with its training state (optimiser,
+        counters, keyframes) to adapt_dir/adapted_state.pt (and .onnx when the node runs ONNX)."""
+        adapter = self.adapter
+        if adapter is None:
+            response.success, response.message = False, "adaptation is not running (adapt is false or inactive)"
+        else:
+            response.success, response.message = adapter.save()
+        # one call site per severity: rclpy refuses a second severity from the same line
+        if response.success:
+            self.get_logger().info(f"save_adapted: {response.message}")
+        else:
+            self.get_logger().warning(f"save_adapted: {response.message}")
+        return response
+
     # model loading and hot swap ----------------------------------------------------------------------------
-    def _load_pipeline(self, model_path: str) -> DepthPipeline:
-        """Build and start an estimator (the base class checks its output shape) and wrap it in a pipeline."""
+    def _load_pipeline(self, model_path: str, running: Optional[DepthPipeline] = None) -> DepthPipeline:
+        """Build and start an estimator (the base class checks its output shape) and wrap it in a pipeline.
+        ``running``: the pipeline it replaces with new weights of the same network (an adapted model), which
+        may make it faster (TensorRT refits its engine instead of building one)."""
         p = self.params
         self.get_logger().info(f"loading model {model_path}")
-        estimator = create_estimator(model_path, p.backend, p.device, p.precision, p.crop,
-                                     p.engine_cache_dir or None, p.threads, log=self.get_logger().info)
-        estimator.start()
+        estimator = running.estimator.with_weights_of(model_path) if running is not None else None
+        if estimator is None:
+            # an adapting node builds TensorRT engines refittable, so that adapted weights need no rebuild
+            estimator = create_estimator(model_path, p.backend, p.device, p.precision, p.crop,
+                                         p.engine_cache_dir or None, p.threads, log=self.get_logger().info,
+                                         refittable=p.adapt)
+            estimator.start()
+        else:
+            self.get_logger().info(f"refitted the running engine with {Path(model_path).name}")
         meta = estimator.metadata
         self.model_status = (f"{Path(model_path).name}: {meta.preset['name']} {meta.input_width}x"
                              f"{meta.input_height} on {estimator.describe()}")
@@ -303,8 +337,9 @@ class DepthNode(LifecycleNode):
         parameter ends up naming the model that runs: the new one, or the old one put back after a refusal.
         """
         try:
+            adapted = threading.current_thread().name == ADAPTED_LOADER
             try:
-                pipeline = self._load_pipeline(model_path)
+                pipeline = self._load_pipeline(model_path, self.pipeline if adapted else None)
             except Exception as exc:  # a bad model is refused, the running one stays
                 self._refuse_loaded_model(model_path, f"{type(exc).__name__}: {exc}")
                 return
@@ -624,7 +659,8 @@ def main(args: Optional[list[str]] = None) -> int:
         starting[0] = False
         executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
-        spinner = threading.Thread(target=_spin, args=(executor, stop), name="spidepth_executor", daemon=True)
+        spinner = threading.Thread(target=_spin, args=(executor, stop, node.get_logger()), name="spidepth_executor",
+                                   daemon=True)
         spinner.start()
         while not stop.wait(0.2) and spinner.is_alive():
             pass
@@ -655,12 +691,18 @@ def _restore(handlers: dict) -> None:
         signal.signal(sig, handler)
 
 
-def _spin(executor, stop: threading.Event) -> None:
-    try:
-        while not stop.is_set():
+def _spin(executor, stop: threading.Event, logger) -> None:
+    """Spin until ``stop``. A callback that raises (a bug, not a bad message: those are handled where they
+    arrive) is logged with its traceback, throttled, and the node goes on: one failed service call or timer
+    tick must not take the camera's depth away."""
+    while not stop.is_set():
+        try:
             executor.spin_once(timeout_sec=0.1)
-    except (ExternalShutdownException, ShutdownException):
-        stop.set()
+        except (ExternalShutdownException, ShutdownException):
+            stop.set()
+        except Exception:  # noqa: BLE001 -- see the docstring
+            logger.error(f"a callback failed (the node goes on):\n{traceback.format_exc()}",
+                         throttle_duration_sec=10.0)
 
 
 if __name__ == "__main__":

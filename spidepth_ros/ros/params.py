@@ -137,9 +137,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("adapt_guard_tolerance", 0.0, "With adapt: how much higher (a fraction) a candidate's photometric "
               "error on the held-out keyframes may be than the running model's and still be swapped in (0: no "
               "worse). Its depth spread and scale are checked too.", min_value=0.0, max_value=10.0),
+    ParamSpec("adapt_learning_rate", 1e-4, "With adapt: the worker's Adam learning rate (the default training "
+              "recipe's optim.lr); a resumed adaptation state takes this value too.", min_value=0.0,
+              max_value=100.0),
     ParamSpec("adapt_dir", "", "With adapt: where accepted models are written (adapted_NNNN.pt, and .onnx with "
-              "its sidecar); empty = ~/.ros/spidepth_adapted/<node name>. Point model_path at the newest to start "
-              "from it after a restart."),
+              "its sidecar) and where the ~/save_adapted service writes adapted_state.pt (the last accepted "
+              "weights with the training state: optimiser, counters, keyframes); empty = "
+              "~/.ros/spidepth_adapted/<node name>. After a restart, model_path (or adapt_model) set to "
+              "adapted_state.pt continues the adaptation; set to adapted_NNNN.pt it starts a new one from those "
+              "weights."),
     ParamSpec("frame_id_override", "", "Frame to stamp outputs with if the input header's frame_id is empty "
               "(never invented otherwise)."),
     ParamSpec("input_timeout", 3.0, "Seconds without an input image after which /diagnostics reports WARN "
@@ -188,6 +194,7 @@ class NodeParams:
     adapt_buffer_frames: int
     adapt_steps_per_swap: int
     adapt_guard_tolerance: float
+    adapt_learning_rate: float
     adapt_dir: str
     frame_id_override: str
     input_timeout: float

@@ -149,8 +149,9 @@ def onnxruntime_model_for(onnx_path: Path, precision: str, device: str,
 
 def create_estimator(model: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
                      crop: str = "none", cache_dir: Optional[str] = None, threads: int = 0,
-                     log: Callable[[str], None] = _log.info) -> DepthEstimator:
-    """Build (not start) the estimator for ``model``; logs the backend it chose and why."""
+                     log: Callable[[str], None] = _log.info, refittable: bool = False) -> DepthEstimator:
+    """Build (not start) the estimator for ``model``; logs the backend it chose and why. ``refittable``: a
+    TensorRT engine built from an ONNX can later take new weights without a rebuild (adaptation)."""
     chosen = choose_backend(model, backend, device, log)
     path = Path(model)
     if chosen == "tensorrt":
@@ -160,7 +161,7 @@ def create_estimator(model: str | Path, backend: str = "auto", device: str = "au
             "int8" if path.suffix == ".onnx" and read_sidecar(path).precision == "int8" else "fp16"
         try:
             est: DepthEstimator = TensorRTDepthEstimator(path, trt_precision, crop, cache_dir, log=log,
-                                                         device=device)
+                                                         device=device, refittable=refittable)
         except BackendUnavailable as exc:       # asked for by name: say how to run without it
             raise BackendUnavailable(f"{exc}; or set backend to auto (falls back to ONNX Runtime) or onnxruntime"
                                      ) from exc

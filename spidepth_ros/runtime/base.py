@@ -146,6 +146,12 @@ class DepthEstimator(abc.ABC):
         """``[N, 3, H, W]`` -> ``[N, 1, H/2, W/2]``; only backends with :attr:`max_batch` > 1 are asked."""
         raise NotImplementedError
 
+    def with_weights_of(self, model_path) -> Optional["DepthEstimator"]:
+        """A started estimator running ``model_path`` (the same network with other weights) made from this one
+        faster than loading it afresh, or None where this backend has no such path (the caller loads it).
+        TensorRT refits its engine instead of rebuilding it."""
+        return None
+
     # to implement --------------------------------------------------------------------------------------
     @abc.abstractmethod
     def _start(self) -> None: ...

@@ -13,6 +13,12 @@ Precision across TensorRT versions (the 10 -> 11 API change):
     **strongly typed** network (``spidepth-export --precision fp16`` writes ``*.fp16.onnx`` for this), INT8
     from the same Q/DQ ONNX, also strongly typed (the Q/DQ nodes give the types).
 
+Adapted weights (``depth_node`` with ``adapt: true``) reach a running engine by **refitting**: an engine built with
+``BuilderFlag.REFIT`` (``refittable=True``; the node asks for it when it adapts) takes new weights for the same
+network from the adapted ONNX through ``OnnxParserRefitter`` in seconds, where a rebuild takes minutes
+(:meth:`TensorRTDepthEstimator.with_weights_of` refits a second instance of the engine while the first one keeps
+inferring). An engine built without the flag is rebuilt from the new ONNX instead.
+
 Large models (cvnxt_h: 2.9 GB of weights) are exported as ``model.onnx`` + one ``model.onnx.data``; the parser
 reads them with ``parse_from_file`` so that the external data resolves beside the ONNX.
 
@@ -44,19 +50,22 @@ TENSORRT_API: dict[str, tuple[int, ...]] = {
     # module level
     "__version__": ALL_MAJORS, "Logger": ALL_MAJORS, "WARNING": ALL_MAJORS, "Builder": ALL_MAJORS,
     "OnnxParser": ALL_MAJORS, "Runtime": ALL_MAJORS, "NetworkDefinitionCreationFlag": ALL_MAJORS,
-    "STRONGLY_TYPED": (11,), "BuilderFlag": (10,), "FP16": (10,), "INT8": (10,), "MemoryPoolType": ALL_MAJORS,
+    "STRONGLY_TYPED": (11,), "BuilderFlag": ALL_MAJORS, "FP16": (10,), "INT8": (10,), "REFIT": ALL_MAJORS,
+    "MemoryPoolType": ALL_MAJORS, "Refitter": ALL_MAJORS, "OnnxParserRefitter": ALL_MAJORS,
     "WORKSPACE": ALL_MAJORS, "nptype": ALL_MAJORS, "TensorIOMode": ALL_MAJORS, "INPUT": ALL_MAJORS,
     # Builder / INetworkDefinition / OnnxParser / IBuilderConfig / IOptimizationProfile
     "create_network": ALL_MAJORS, "create_builder_config": ALL_MAJORS, "build_serialized_network": ALL_MAJORS,
     "create_optimization_profile": ALL_MAJORS, "parse_from_file": ALL_MAJORS, "num_errors": ALL_MAJORS,
     "get_error": ALL_MAJORS, "num_inputs": ALL_MAJORS, "get_input": ALL_MAJORS, "name": ALL_MAJORS,
-    "shape": ALL_MAJORS, "set_memory_pool_limit": ALL_MAJORS, "set_flag": (10,), "set_shape": ALL_MAJORS,
+    "shape": ALL_MAJORS, "set_memory_pool_limit": ALL_MAJORS, "set_flag": ALL_MAJORS, "set_shape": ALL_MAJORS,
     "add_optimization_profile": ALL_MAJORS,
     # IRuntime / ICudaEngine / IExecutionContext
     "deserialize_cuda_engine": ALL_MAJORS, "create_execution_context": ALL_MAJORS, "num_io_tensors": ALL_MAJORS,
     "get_tensor_name": ALL_MAJORS, "get_tensor_mode": ALL_MAJORS, "get_tensor_shape": ALL_MAJORS,
     "get_tensor_dtype": ALL_MAJORS, "set_input_shape": ALL_MAJORS, "set_tensor_address": ALL_MAJORS,
     "execute_async_v3": ALL_MAJORS,
+    # IRefitter / IParserRefitter
+    "refit_from_file": ALL_MAJORS, "refit_cuda_engine": ALL_MAJORS,
 }
 #: cuda-python runtime functions used (checked likewise where cuda-python is installed).
 CUDART_API = ("cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaGetErrorName", "cudaSetDevice", "cudaMalloc",
@@ -151,15 +160,20 @@ class EngineKey:
     compute_capability: str
     device_index: int = 0
     max_batch: int = 1          # optimisation profile 1..max_batch for a dynamic-batch ONNX, else 1
+    refittable: bool = False    # built with BuilderFlag.REFIT: takes new weights without a rebuild
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        fields = dataclasses.asdict(self)
+        if not self.refittable:          # engines cached before the field existed keep their names
+            del fields["refittable"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def engine_key(onnx_path: Path, meta: ModelMetadata, precision: str, trt_version: str, gpu: tuple[str, str],
-               device: int = 0) -> EngineKey:
+               device: int = 0, refittable: bool = False) -> EngineKey:
     return EngineKey(model_sha256(onnx_path), meta.input_height, meta.input_width, precision, trt_version, *gpu,
-                     device_index=device, max_batch=meta.max_batch if meta.dynamic_batch else 1)
+                     device_index=device, max_batch=meta.max_batch if meta.dynamic_batch else 1,
+                     refittable=refittable)
 
 
 def batch_profile(meta: ModelMetadata) -> Optional[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
@@ -171,8 +185,9 @@ def batch_profile(meta: ModelMetadata) -> Optional[tuple[tuple[int, ...], tuple[
 
 
 def build_engine(onnx_path: Path, precision: str = "fp16", workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-                 meta: Optional[ModelMetadata] = None, device: int = 0) -> bytes:
-    """Parse ONNX (external data resolved beside it) and build a serialized engine for GPU ``device``."""
+                 meta: Optional[ModelMetadata] = None, device: int = 0, refittable: bool = False) -> bytes:
+    """Parse ONNX (external data resolved beside it) and build a serialized engine for GPU ``device``
+    (``refittable``: its weights can be replaced later, :meth:`TensorRTDepthEstimator.refit`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     trt = import_tensorrt()
@@ -195,6 +210,8 @@ def build_engine(onnx_path: Path, precision: str = "fp16", workspace_mib: int = 
         # explicit quantization: the Q/DQ nodes of the INT8 ONNX carry the scales; TensorRT 10 still wants the
         # flag to run INT8 kernels for them (11 reads the types of a strongly typed network instead)
         config.set_flag(trt.BuilderFlag.INT8)
+    if refittable:
+        config.set_flag(trt.BuilderFlag.REFIT)
     dynamic = [network.get_input(i) for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)]
     if dynamic:
         profile_shapes = batch_profile(meta) if meta is not None else None
@@ -239,7 +256,7 @@ def onnx_for_precision(onnx_path: Path, precision: str) -> Path:
 
 def engine_for_onnx(onnx_path: str | Path, precision: str = "fp16", cache_dir: Optional[str | Path] = None,
                     workspace_mib: int = DEFAULT_WORKSPACE_MIB, log: Callable[[str], None] = print,
-                    device: int = 0) -> Path:
+                    device: int = 0, refittable: bool = False) -> Path:
     """Return a cached engine for this ONNX/GPU/TensorRT/precision, building it if needed.
 
     The engine is written under a unique temporary name and renamed into place (then its sidecar), so two
@@ -249,7 +266,7 @@ def engine_for_onnx(onnx_path: str | Path, precision: str = "fp16", cache_dir: O
     onnx_path = Path(onnx_path)
     meta = read_sidecar(onnx_path)
     source = onnx_for_precision(onnx_path, precision)
-    key = engine_key(source, meta, precision, trt.__version__, gpu_identity(device), device)
+    key = engine_key(source, meta, precision, trt.__version__, gpu_identity(device), device, refittable)
     cache = Path(cache_dir) if cache_dir else onnx_path.parent
     cache.mkdir(parents=True, exist_ok=True)
     engine_path = cache / f"{onnx_path.name.removesuffix('.onnx')}-{precision}-{key.digest()}.engine"
@@ -262,7 +279,7 @@ def engine_for_onnx(onnx_path: str | Path, precision: str = "fp16", cache_dir: O
         log(f"cached engine {engine_path} does not match this GPU/TensorRT/model: rebuilding")
     log(f"building TensorRT {trt.__version__} {precision} engine for {source.name} on {key.gpu_name} "
         f"(cuda:{device}; first start only, this can take minutes)")
-    data = build_engine(source, precision, workspace_mib, meta, device)
+    data = build_engine(source, precision, workspace_mib, meta, device, refittable)
     atomic_write_bytes(engine_path, data)
     engine_meta = dataclasses.replace(meta, precision=precision, model_sha256=model_sha256(engine_path),
                                       extra={**meta.extra, "engine_key": dataclasses.asdict(key)})
@@ -302,14 +319,17 @@ class TensorRTDepthEstimator(DepthEstimator):
 
     def __init__(self, model_path: str | Path, precision: str = "fp16", crop: str = "none",
                  cache_dir: Optional[str | Path] = None, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-                 log: Callable[[str], None] = print, device: str = "auto") -> None:
+                 log: Callable[[str], None] = print, device: str = "auto", refittable: bool = False) -> None:
         trt = import_tensorrt()
         self.log = log
         self.device_index = device_index(device)
+        self.precision = precision
+        self.crop = crop
         path = Path(model_path)
         if path.suffix == ".onnx":
-            path = engine_for_onnx(path, precision, cache_dir, workspace_mib, log, self.device_index)
+            path = engine_for_onnx(path, precision, cache_dir, workspace_mib, log, self.device_index, refittable)
         key = _read_engine_key(path)
+        self.refittable = key.refittable
         gpu = gpu_identity(self.device_index)
         if (key.tensorrt_version, key.gpu_name, key.compute_capability) != (trt.__version__, *gpu):
             raise MetadataError(
@@ -381,5 +401,45 @@ class TensorRTDepthEstimator(DepthEstimator):
         cuda_check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return host_out.array.astype(np.float32, copy=True)
 
+    def refit(self, onnx_path: str | Path) -> None:
+        """Replace this (started, refittable) engine's weights by those of ``onnx_path``: the same network with
+        other weights, e.g. an adapted model exported from the same preset. Not while a frame runs."""
+        trt = import_tensorrt()
+        onnx_path = Path(onnx_path)
+        if not self.refittable:
+            raise MetadataError(f"engine {self.engine_path.name} was not built refittable; build it from the ONNX "
+                                "with refittable=True (depth_node does when adapt is true) or load the new ONNX")
+        meta = read_sidecar(onnx_path)
+        if (meta.input_width, meta.input_height, meta.preset.get("name")) != \
+                (self.metadata.input_width, self.metadata.input_height, self.metadata.preset.get("name")):
+            raise MetadataError(f"{onnx_path.name} is {meta.preset.get('name')} at {meta.input_width}x"
+                                f"{meta.input_height}; engine {self.engine_path.name} runs "
+                                f"{self.metadata.preset.get('name')} at {self.metadata.input_width}x"
+                                f"{self.metadata.input_height}: only the same network's weights refit")
+        source = onnx_for_precision(onnx_path, self.precision)
+        refitter = trt.Refitter(self.engine, self._trt_logger)
+        parser = trt.OnnxParserRefitter(refitter, self._trt_logger)
+        if not parser.refit_from_file(str(source)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"TensorRT could not take the weights of {source}: {errors}")
+        if not refitter.refit_cuda_engine():
+            raise RuntimeError(f"TensorRT refit of {self.engine_path.name} with {source.name} failed (see the log)")
+        self.metadata = dataclasses.replace(meta, precision=self.metadata.precision)
+
+    def with_weights_of(self, model_path: str | Path) -> Optional["TensorRTDepthEstimator"]:
+        """A second, started instance of this refittable engine refitted with ``model_path``'s weights (an
+        ``.onnx``), while this one keeps running; None where refitting cannot serve (not refittable, not an ONNX)."""
+        if not self.refittable or Path(model_path).suffix != ".onnx":
+            return None
+        other = TensorRTDepthEstimator(self.engine_path, self.precision, self.crop, log=self.log,
+                                       device=f"cuda:{self.device_index}")
+        other.start()
+        try:
+            other.refit(model_path)
+        except Exception:
+            other.stop()
+            raise
+        return other
+
     def describe(self) -> str:
-        return f"tensorrt (cuda:{self.device_index})"
+        return f"tensorrt (cuda:{self.device_index}" + (", refittable)" if self.refittable else ")")
