@@ -55,6 +55,9 @@ class AdaptSettings:
     max_scale_change: float = 4.0                # reject when the median depth moves beyond this factor (either
                                                  # way) vs current; within it the written model's depth_scale
                                                  # takes the change back (monocular scale is free to drift)
+    scale_frames: int = 48                       # keyframes (all of the buffer, evenly spaced) the scale change is
+                                                 # measured on: a network's change varies 0.87-1.19x from frame to
+                                                 # frame (docs/real_data.md), so a few held-out frames mis-measure it
     export_onnx: bool = False                    # also write an ONNX (+ sidecar) for the ONNX Runtime backend
     learning_rate: float = 1e-4                  # the default recipe's optim.lr (config/train.yaml)
     seed: int = 0
@@ -179,7 +182,7 @@ class GuardReport:
     photometric_candidate: float
     spread_current: float            # depth p95 / p5 over the held-out targets
     spread_candidate: float
-    scale_ratio: float               # candidate median depth / current median depth
+    scale_ratio: float               # candidate / current depth: median over keyframes of per-frame medians
     triplets: int
 
 
@@ -203,16 +206,37 @@ def _held_out_numbers(trainer, batches: list[dict]) -> tuple[float, float, float
     return photometric / max(count, 1), p95 / max(p5, 1e-9), p50
 
 
-def judge_candidate(trainer, current_state: dict, batches: list[dict], settings: AdaptSettings) -> GuardReport:
+def _frame_medians(trainer, images):
+    """Per-frame median depth ``[N]`` (model units) of ``trainer``'s depth network on ``images`` ``[N, 3, H, W]``."""
+    import torch
+
+    trainer.depth_net.eval()
+    with torch.no_grad():
+        medians = torch.cat([trainer.predict_depth(images[i:i + 8]).flatten(1).median(dim=1).values
+                             for i in range(0, len(images), 8)])
+    trainer.depth_net.train()
+    return medians
+
+
+def judge_candidate(trainer, current_state: dict, batches: list[dict], settings: AdaptSettings,
+                    scale_images=None) -> GuardReport:
     """Score the trainer's depth network (the candidate) against ``current_state`` (the running model's depth
-    weights) on held-out ``batches``; the trainer's depth network is left holding the candidate."""
+    weights) on held-out ``batches``; the trainer's depth network is left holding the candidate.
+
+    The scale change is the median over ``scale_images`` (``[N, 3, H, W]``, keyframes; default: the held-out
+    targets' pixels pooled) of each frame's candidate / current median depth."""
     import copy
 
     candidate_state = copy.deepcopy(trainer.depth_net.state_dict())
     trainer.depth_net.load_state_dict(current_state)
     cur = _held_out_numbers(trainer, batches)
+    cur_medians = _frame_medians(trainer, scale_images) if scale_images is not None else None
     trainer.depth_net.load_state_dict(candidate_state)
     cand = _held_out_numbers(trainer, batches)
+    if cur_medians is not None:
+        scale_ratio = float((_frame_medians(trainer, scale_images) / cur_medians.clamp_min(1e-9)).median())
+    else:
+        scale_ratio = cand[2] / cur[2]
     reason = ""
     if not math.isfinite(cand[0]):
         reason = "the candidate's photometric error is not finite"
@@ -222,10 +246,10 @@ def judge_candidate(trainer, current_state: dict, batches: list[dict], settings:
     elif cand[1] < settings.min_spread_ratio * cur[1]:
         reason = (f"depth spread (p95/p5) fell from {cur[1]:.2f} to {cand[1]:.2f}, below "
                   f"{settings.min_spread_ratio:g}x: flattening towards a collapse")
-    elif not (1 / settings.max_scale_change <= cand[2] / cur[2] <= settings.max_scale_change):
-        reason = (f"median depth moved {cand[2] / cur[2]:.2f}x against the running model, beyond the "
+    elif not (1 / settings.max_scale_change <= scale_ratio <= settings.max_scale_change):
+        reason = (f"median depth moved {scale_ratio:.2f}x against the running model, beyond the "
                   f"{settings.max_scale_change:g}x a depth_scale correction may take")
-    return GuardReport(not reason, reason, cur[0], cand[0], cur[1], cand[1], cand[2] / cur[2],
+    return GuardReport(not reason, reason, cur[0], cand[0], cur[1], cand[1], scale_ratio,
                        sum(len(b["index"]) for b in batches))
 
 
@@ -398,7 +422,7 @@ class Worker:
                                  augment=False)
         batches = [_collate(dataset, list(range(i, min(i + s.batch_size, len(held)))))
                    for i in range(0, len(held), s.batch_size)]
-        report = judge_candidate(self.trainer, self.current_state, batches, s)
+        report = judge_candidate(self.trainer, self.current_state, batches, s, self.scale_images())
         if report.accepted:
             self.current_state = copy.deepcopy(self.trainer.depth_net.state_dict())
             self.current_training = self._training_state()
@@ -410,6 +434,25 @@ class Worker:
             self.rejected += 1
         self.last_report = report
         return report
+
+    def scale_indices(self) -> list[int]:
+        """The keyframes (indices into the buffer, at most ``scale_frames``, evenly spaced) the guard measures a
+        candidate's scale change on."""
+        n = len(self.buffer)
+        return sorted(set(np.linspace(0, n - 1, min(n, self.settings.scale_frames)).round().astype(int).tolist()))
+
+    def scale_images(self):
+        """``[N, 3, H, W]`` float tensor of :meth:`scale_indices`, prepared as the depth network's training input."""
+        import torch
+
+        from .data import TripletDataset
+
+        s = self.settings
+        n = len(self.buffer)
+        triplets = [(0, max(i - 1, 0), i, min(i + 1, n - 1)) for i in self.scale_indices()]
+        dataset = TripletDataset([self.buffer.frame_store(np.asarray(s.k_normalized))], triplets, s.width, s.height,
+                                 augment=False)
+        return torch.stack([dataset[i]["target"] for i in range(len(triplets))])
 
     def status(self) -> dict:
         train, held = self.buffer.triplets()
