@@ -161,7 +161,7 @@ class AdapterOptions:
     max_share: float
     buffer_frames: int
     steps_per_swap: int
-    guard_tolerance: float      # held-out photometric error a candidate may add (fraction)
+    guard_tolerance: float      # held-out photometric error a candidate may add (fraction; negative: must lower)
     export_onnx: bool           # the node runs an .onnx: accepted weights are exported for the swap
     learning_rate: float = 1e-4  # the worker's Adam learning rate
 
@@ -262,7 +262,8 @@ def format_verdict(v: dict) -> str:
     """One log line for a guard verdict (GuardReport as a dict)."""
     head = "adaptation: candidate accepted" if v["accepted"] else f"adaptation: candidate rejected ({v['reason']})"
     return (f"{head}; held-out photometric {v['photometric_current']:.4f} -> {v['photometric_candidate']:.4f}, "
-            f"depth spread {v['spread_current']:.2f} -> {v['spread_candidate']:.2f}, median depth x"
+            f"depth spread {v['spread_current']:.2f} -> {v['spread_candidate']:.2f} (start model "
+            f"{v.get('spread_start', float('nan')):.2f}), median depth x"
             f"{v['scale_ratio']:.2f} over {v['triplets']} triplets")
 
 

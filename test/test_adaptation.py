@@ -68,7 +68,8 @@ def test_worker_trains_and_the_guard_rejects_a_candidate_made_worse_on_purpose(f
     """Real training steps on the buffer move the depth network; a candidate whose depth is flattened on purpose
     (decoder weights zeroed: a constant map) is rejected with the reason and the network goes back to the
     accepted weights exactly."""
-    worker = Worker(settings_for(tmp_path, batch_size=2, min_train_triplets=2))
+    # the last step's weights are the candidate (no averaging): the zeroed decoder below is what is judged
+    worker = Worker(settings_for(tmp_path, batch_size=2, min_train_triplets=2, ema_decay=0.0))
     for f in frames[:24]:
         worker.offer(f.rgb, f.stamp_ns)
     assert worker.ready()
@@ -105,7 +106,7 @@ def test_an_accepted_candidate_keeps_the_published_metric_scale(frames, tmp_path
     from spidepth_ros.training.adaptation import write_model
 
     worker = Worker(settings_for(tmp_path, batch_size=2, min_train_triplets=2, photometric_tolerance=10.0,
-                                 min_spread_ratio=0.0, learning_rate=1e-3))
+                                 min_spread_ratio=0.0, learning_rate=1e-3, ema_decay=0.0))
     start_scale = worker.depth_scale
     for f in frames[:24]:
         worker.offer(f.rgb, f.stamp_ns)
@@ -217,3 +218,103 @@ def test_saved_adaptation_state_resumes_exactly(frames, tmp_path):
 
     fresh = Worker(dataclasses.replace(s, model_path=str(DEMO)))
     assert fresh.steps == 0 and fresh.resumed == "" and len(fresh.buffer) == 0
+
+
+def _depth_params(state: dict, worker) -> dict:
+    """The depth network's trainable parameters (by name) out of a state dict."""
+    names = {name for name, _ in worker.trainer.depth_net.named_parameters()}
+    return {k: v.detach().clone() for k, v in state.items() if k in names}
+
+
+def test_weight_averaging_judges_the_average_and_trains_on(frames, tmp_path):
+    """With ``ema_decay`` d the candidate is the exponential moving average of the trained weights, computed here
+    independently from the weights after each step (avg_n = d avg_(n-1) + (1 - d) w_n, avg_0 = the start): an
+    accepted candidate is that average, while training continues from the trained weights w_n; a rejection goes
+    back to the accepted point (trained weights and average both); a saved state resumes with the trained
+    weights, not the published average."""
+    import dataclasses
+
+    decay = 0.8
+    s = settings_for(tmp_path, batch_size=2, min_train_triplets=2, photometric_tolerance=10.0, min_spread_ratio=0.0,
+                     max_scale_change=100.0, ema_decay=decay, learning_rate=1e-3)
+    worker = Worker(s)
+    for f in frames[:24]:
+        worker.offer(f.rgb, f.stamp_ns)
+    net = worker.trainer.depth_net
+    expected = _depth_params(net.state_dict(), worker)
+    for _ in range(3):
+        worker.train_step()
+        trained = _depth_params(net.state_dict(), worker)
+        expected = {k: decay * v + (1 - decay) * trained[k] for k, v in expected.items()}
+    gap = max(float((expected[k] - trained[k]).abs().max()) for k in trained)
+    assert gap > 1e-4                                           # the average is not the last step's weights
+    assert worker.judge().accepted                              # the tolerant guard takes it
+    published = _depth_params(worker.current_state, worker)
+    assert all(torch.allclose(published[k], expected[k], rtol=1e-4, atol=1e-6) for k in expected)
+    now = _depth_params(net.state_dict(), worker)
+    assert all(torch.equal(now[k], trained[k]) for k in trained)             # training goes on from w_n
+    path = worker.save_state(tmp_path / "adapted" / "adapted_state.pt")
+
+    worker.train_step()                                         # then a candidate the guard must refuse:
+    for key, value in worker.average.items():                   # the average's decoder zeroed (a constant map)
+        if key.startswith("depth_decoder.") and value.is_floating_point():
+            value.zero_()
+    worker.settings = dataclasses.replace(s, photometric_tolerance=0.0, min_spread_ratio=0.7)
+    assert not worker.judge().accepted
+    back = _depth_params(net.state_dict(), worker)
+    assert all(torch.equal(back[k], trained[k]) for k in trained)            # the accepted point's w_n
+    average = _depth_params(worker.average, worker)
+    assert all(torch.equal(average[k], published[k]) for k in published)
+
+    resumed = Worker(dataclasses.replace(s, model_path=str(path)))
+    assert all(torch.equal(v, published[k]) for k, v in _depth_params(resumed.current_state, resumed).items())
+    weights = _depth_params(resumed.trainer.depth_net.state_dict(), resumed)
+    assert all(torch.equal(weights[k], trained[k]) for k in trained)
+
+
+def test_the_flattening_rule_is_anchored_to_the_start_model(frames, tmp_path):
+    """A run of candidates each a little flatter than the last must not walk into a collapse: with the running
+    model already flat (decoder zeroed: a constant map, as if accepted step by step) an equally flat candidate is
+    rejected, because the spread is compared with the start model's on the same held-out frames, not with the
+    running model's. The start model's spread is checked against the torch backend's depth of those frames."""
+    import copy
+
+    from spidepth_ros.runtime import create_estimator
+
+    worker = Worker(settings_for(tmp_path, batch_size=2, min_train_triplets=2, photometric_tolerance=10.0,
+                                 ema_decay=0.0))      # the network as set here is the candidate
+    for f in frames[:24]:
+        worker.offer(f.rgb, f.stamp_ns)
+    assert worker.ready()
+    with torch.no_grad():
+        for p in worker.trainer.depth_net.depth_decoder.parameters():
+            p.zero_()
+    worker.current_state = copy.deepcopy(worker.trainer.depth_net.state_dict())
+    report = worker.judge()
+    assert report.spread_current == pytest.approx(report.spread_candidate, rel=1e-3)    # as flat as the running
+    assert report.spread_candidate < 1.5                                                  # a collapse
+    assert not report.accepted and "start model" in report.reason, report
+
+    _, held = worker.buffer.triplets()
+    targets = [worker.buffer.keyframes[t].rgb for _, _, t, _ in held[-worker.settings.guard_triplets:]]
+    with create_estimator(DEMO, "torch", "cpu") as estimator:
+        depth = np.concatenate([estimator.infer(rgb).depth.ravel() for rgb in targets])
+    p5, p95 = np.percentile(depth, [5, 95])
+    assert report.spread_start == pytest.approx(p95 / p5, rel=0.05), (report.spread_start, p95 / p5)
+
+
+def test_a_negative_tolerance_asks_for_an_improvement(frames, tmp_path):
+    """With photometric_tolerance -0.1 a candidate must lower the held-out photometric error by 10 %: one
+    identical to the running model (no training step: same error to the bit) is rejected with that reason; with
+    the default tolerance of 0 ("no worse") the same candidate passes."""
+    import dataclasses
+
+    s = settings_for(tmp_path, batch_size=2, min_train_triplets=2, ema_decay=0.0, photometric_tolerance=-0.1)
+    worker = Worker(s)
+    for f in frames[:24]:
+        worker.offer(f.rgb, f.stamp_ns)
+    report = worker.judge()
+    assert report.photometric_candidate == report.photometric_current
+    assert not report.accepted and "10% improvement" in report.reason, report
+    worker.settings = dataclasses.replace(s, photometric_tolerance=0.0)
+    assert worker.judge().accepted

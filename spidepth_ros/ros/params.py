@@ -136,7 +136,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               min_value=1, max_value=1000000),
     ParamSpec("adapt_guard_tolerance", 0.0, "With adapt: how much higher (a fraction) a candidate's photometric "
               "error on the held-out keyframes may be than the running model's and still be swapped in (0: no "
-              "worse). Its depth spread and scale are checked too.", min_value=0.0, max_value=10.0),
+              "worse); negative asks for an improvement (-0.1: at least 10 % lower). Its depth spread and scale "
+              "are checked too.",
+              min_value=-0.9, max_value=10.0),
     ParamSpec("adapt_learning_rate", 1e-4, "With adapt: the worker's Adam learning rate (the default training "
               "recipe's optim.lr); a resumed adaptation state takes this value too.", min_value=0.0,
               max_value=100.0),
