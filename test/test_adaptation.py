@@ -253,6 +253,13 @@ def test_weight_averaging_judges_the_average_and_trains_on(frames, tmp_path):
     assert all(torch.allclose(published[k], expected[k], rtol=1e-4, atol=1e-6) for k in expected)
     now = _depth_params(net.state_dict(), worker)
     assert all(torch.equal(now[k], trained[k]) for k in trained)             # training goes on from w_n
+    from spidepth_ros.checkpoint import load_weights
+
+    written = load_weights(worker.write_accepted(tmp_path / "adapted" / "adapted_0001.pt"))   # what the node loads
+    assert all(torch.equal(written.depth_state_dict()[k], published[k]) for k in published)  # the average
+    assert written.extra["depth_scale"] == pytest.approx(worker.depth_scale)
+    now = _depth_params(net.state_dict(), worker)
+    assert all(torch.equal(now[k], trained[k]) for k in trained)
     path = worker.save_state(tmp_path / "adapted" / "adapted_state.pt")
 
     worker.train_step()                                         # then a candidate the guard must refuse:

@@ -446,6 +446,18 @@ class Worker:
             self._load_training_state(candidate_training)
         return Path(path)
 
+    def write_accepted(self, path: Path) -> Path:
+        """The last accepted weights (with averaging: the average, not the trained weights the network holds
+        now) as a model file with the corrected ``depth_scale``; returns the file the node should load."""
+        import copy
+
+        trained = copy.deepcopy(self.trainer.depth_net.state_dict())
+        self.trainer.depth_net.load_state_dict(self.current_state)
+        try:
+            return write_model(self.trainer, Path(path), self.settings.export_onnx, self.depth_scale)
+        finally:
+            self.trainer.depth_net.load_state_dict(trained)
+
     def offer(self, rgb: np.ndarray, stamp_ns: int) -> None:
         self.buffer.offer(rgb, stamp_ns)
 
@@ -614,8 +626,7 @@ def worker_main(settings: AdaptSettings, inbox, outbox) -> None:
             if worker.steps % settings.steps_per_candidate == 0:
                 report = worker.judge()
                 if report.accepted:
-                    path = write_model(worker.trainer, out_dir / f"adapted_{worker.accepted:04d}.pt",
-                                       settings.export_onnx, worker.depth_scale)
+                    path = worker.write_accepted(out_dir / f"adapted_{worker.accepted:04d}.pt")
                     outbox.put(("accepted", str(path), asdict(report), worker.status()))
                 else:
                     outbox.put(("rejected", report.reason, asdict(report), worker.status()))
