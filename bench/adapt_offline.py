@@ -70,7 +70,7 @@ def run_worker(settings, frames: list[np.ndarray], stamps: list[int], steps: int
                seed: int, log, score_net=None) -> tuple[Path, dict]:
     """Drive a Worker for ``steps`` training steps on the looped ``frames``; returns the last accepted model file
     and counters. ``score_net``: also print each candidate's true held-out AbsRel (:func:`truth_scorer`)."""
-    from spidepth_ros.training.adaptation import Worker, write_model
+    from spidepth_ros.training.adaptation import Worker
 
     worker = Worker(settings)
     rng = np.random.default_rng(1000 + seed)
@@ -101,12 +101,10 @@ def run_worker(settings, frames: list[np.ndarray], stamps: list[int], steps: int
             verdicts.append(report)
             log(f"    step {worker.steps}: {truth}{'accepted' if report.accepted else 'rejected: ' + report.reason}; "
                 f"photometric {report.photometric_current:.4f} -> {report.photometric_candidate:.4f}, spread "
-                f"{report.spread_current:.2f} -> {report.spread_candidate:.2f} (start {report.spread_start:.2f}), scale "
-                f"x{report.scale_ratio:.2f}, "
-                f"{report.triplets} triplets")
+                f"{report.spread_current:.2f} -> {report.spread_candidate:.2f} (start {report.spread_start:.2f}), "
+                f"scale x{report.scale_ratio:.2f}, {report.triplets} triplets")
     loops = position / len(frames)
-    worker.trainer.depth_net.load_state_dict(worker.current_state)     # what the node publishes: the last accepted
-    path = write_model(worker.trainer, Path(settings.out_dir) / "final.pt", False, worker.depth_scale)
+    path = worker.write_accepted(Path(settings.out_dir) / "final.pt")   # what the node publishes: the last accepted
     return path, {"accepted": worker.accepted, "rejected": worker.rejected, "keyframes": len(worker.buffer),
                   "loops": loops, "seconds": time.perf_counter() - busy}
 
