@@ -58,3 +58,30 @@ def random_small_onnx(folder, dynamic_batch: bool = False):
     onnx_path, _ = export_onnx(folder / "small.pt", folder / "small.onnx", dynamic_batch=dynamic_batch,
                                max_batch=4 if dynamic_batch else 1)
     return onnx_path
+
+
+def add_replay_arguments(parser, default_model: str) -> None:
+    """The arguments of the adaptation benches: a training bag to loop, a held-out bag with depth truth."""
+    from pathlib import Path
+
+    parser.add_argument("--model", default=default_model)
+    parser.add_argument("--train-bag", type=Path, required=True)
+    parser.add_argument("--test-bag", type=Path, required=True)
+    parser.add_argument("--image-topic", default="/camera/image_raw")
+    parser.add_argument("--info-topic", default="/camera/camera_info")
+    parser.add_argument("--depth-topic", default="/camera/depth")
+    parser.add_argument("--max-depth", type=float, default=10.0)
+
+
+def load_replay(args):
+    """``(train, test, truth, calibration)``: the training bag's ``(stamp_ns, rgb)`` frames, the held-out bag's,
+    the depth truth matched to each held-out frame (metres, within 20 ms), and the training bag's CameraInfo."""
+    from spidepth_ros.bagio import iter_images, read_camera_info
+    from spidepth_ros.training.evaluate import load_ground_truth, match_stamp
+
+    train = list(iter_images([args.train_bag], args.image_topic))
+    test = list(iter_images([args.test_bag], args.image_topic))
+    by_stamp = load_ground_truth([args.test_bag], args.depth_topic)
+    stamps = np.array(sorted(by_stamp))
+    truth = [by_stamp[match_stamp(s, stamps, 20_000_000)] for s, _ in test]
+    return train, test, truth, read_camera_info([args.train_bag], args.info_topic)

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_replay_arguments, load_replay  # noqa: E402
 
 
 def parse_variant(text: str, fields: dict) -> tuple[str, dict]:
@@ -111,13 +115,7 @@ def run_worker(settings, frames: list[np.ndarray], stamps: list[int], steps: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "models" / "demo_small.pt"))
-    p.add_argument("--train-bag", type=Path, required=True)
-    p.add_argument("--test-bag", type=Path, required=True)
-    p.add_argument("--image-topic", default="/camera/image_raw")
-    p.add_argument("--info-topic", default="/camera/camera_info")
-    p.add_argument("--depth-topic", default="/camera/depth")
-    p.add_argument("--max-depth", type=float, default=10.0)
+    add_replay_arguments(p, str(Path(__file__).resolve().parents[1] / "models" / "demo_small.pt"))
     p.add_argument("--steps", type=int, default=100, help="training steps per run (the node made 90-99 in 10 min)")
     p.add_argument("--offered", type=int, default=8, help="consecutive frames offered before each step")
     p.add_argument("--skip", type=int, default=40, help="frames skipped between offers (random +-50 %%)")
@@ -132,26 +130,19 @@ def main() -> None:
     import torch
 
     from spidepth_ros.adaptation import adapt_settings_for
-    from spidepth_ros.bagio import iter_images, read_camera_info
     from spidepth_ros.metrics import EvalSettings
     from spidepth_ros.runtime import create_estimator
     from spidepth_ros.training.adaptation import AdaptSettings
-    from spidepth_ros.training.evaluate import load_ground_truth, match_stamp
 
     torch.set_num_threads(args.threads)
     defaults = {f.name: f.default for f in dataclasses.fields(AdaptSettings) if f.default is not dataclasses.MISSING}
     variants = [parse_variant(v, defaults) for v in (args.variant or ["base:"])]
-    calib = read_camera_info([args.train_bag], args.info_topic)
+    train, test, truth, calib = load_replay(args)
     with create_estimator(args.model, backend="torch", device="cpu", log=lambda _: None) as estimator:
         pre, meta = estimator.preprocessor, estimator.metadata
         k = pre.output_intrinsics(calib.intrinsics, meta.input_width, meta.input_height).normalized()
-    train = list(iter_images([args.train_bag], args.image_topic))
     frames = [pre.prepare(rgb).resized.copy() for _, rgb in train]
     stamps = [s for s, _ in train]
-    test = list(iter_images([args.test_bag], args.image_topic))
-    truth_by_stamp = load_ground_truth([args.test_bag], args.depth_topic)
-    gt_stamps = np.array(sorted(truth_by_stamp))
-    truth = [truth_by_stamp[match_stamp(s, gt_stamps, 20_000_000)] for s, _ in test]
     eval_settings = EvalSettings(max_depth=args.max_depth)
     score_net = truth_scorer(np.stack([pre.prepare(rgb).resized for _, rgb in test]), truth, eval_settings) \
         if args.score_candidates else None

@@ -24,6 +24,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "test"))
+sys.path.insert(0, str(REPO / "bench"))
+from _common import add_replay_arguments, load_replay  # noqa: E402
 
 
 def play(args, adapt: bool, frames_train, frames_test, info, gt) -> dict:
@@ -102,30 +104,17 @@ def play(args, adapt: bool, frames_train, frames_test, info, gt) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=str(REPO / "models" / "demo_small.pt"))
-    p.add_argument("--train-bag", type=Path, required=True)
-    p.add_argument("--test-bag", type=Path, required=True)
-    p.add_argument("--image-topic", default="/camera/image_raw")
-    p.add_argument("--info-topic", default="/camera/camera_info")
-    p.add_argument("--depth-topic", default="/camera/depth")
+    add_replay_arguments(p, str(REPO / "models" / "demo_small.pt"))
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--share", type=float, default=0.5)
-    p.add_argument("--max-depth", type=float, default=10.0)
     p.add_argument("--settings", nargs="+", default=["false", "true"], help="adapt values to run, in order")
     p.add_argument("--repeats", type=int, default=1,
                    help="run the settings this many times, alternating (the machine's own drift averages out)")
     args = p.parse_args()
     from rosutil import camera_info_msg
 
-    from spidepth_ros.bagio import iter_images, read_camera_info
-    from spidepth_ros.training.evaluate import load_ground_truth, match_stamp
-
-    train = [rgb for _, rgb in iter_images([args.train_bag], args.image_topic)]
-    test = list(iter_images([args.test_bag], args.image_topic))
-    truth = load_ground_truth([args.test_bag], args.depth_topic)
-    stamps = np.array(sorted(truth))
-    gt = [truth[match_stamp(s, stamps, 20_000_000)] for s, _ in test]
-    calib = read_camera_info([args.train_bag], args.info_topic)
+    train, test, gt, calib = load_replay(args)
+    train = [rgb for _, rgb in train]
     info = camera_info_msg(calib.intrinsics.matrix(), calib.intrinsics.width, calib.intrinsics.height)
     print(f"{len(train)} training frames looped for {args.minutes} min, then {len(test)} held-out frames")
     runs: list[tuple[str, dict]] = []
