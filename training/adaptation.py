@@ -20,6 +20,7 @@ import os
 import queue
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -207,22 +208,31 @@ def _spread(depths: list) -> tuple[float, float]:
     return p95 / max(p5, 1e-9), p50
 
 
+@contextmanager
+def _depth_weights(trainer, state: dict):
+    """The trainer's depth network holds ``state`` inside the block and its own weights again after it."""
+    import copy
+
+    held = copy.deepcopy(trainer.depth_net.state_dict())
+    trainer.depth_net.load_state_dict(state)
+    try:
+        yield trainer.depth_net
+    finally:
+        trainer.depth_net.load_state_dict(held)
+
+
 def _start_spread(trainer, start_state: dict, batches: list[dict]) -> float:
     """Depth spread (p95 / p5) of the start weights on the held-out batches' targets (the depth network's input
     only: no poses needed); the trainer's depth network is left as it was."""
-    import copy
-
     import torch
 
-    held = copy.deepcopy(trainer.depth_net.state_dict())
-    trainer.depth_net.load_state_dict(start_state)
-    trainer.depth_net.eval()
-    try:
-        with torch.no_grad():
-            return _spread([trainer.predict_depth(b["target"].to(trainer.device)) for b in batches])[0]
-    finally:
-        trainer.depth_net.train()
-        trainer.depth_net.load_state_dict(held)
+    with _depth_weights(trainer, start_state) as net:
+        net.eval()
+        try:
+            with torch.no_grad():
+                return _spread([trainer.predict_depth(b["target"].to(trainer.device)) for b in batches])[0]
+        finally:
+            net.train()
 
 
 def _held_out_numbers(trainer, batches: list[dict]) -> tuple[float, float, float]:
@@ -449,14 +459,8 @@ class Worker:
     def write_accepted(self, path: Path) -> Path:
         """The last accepted weights (with averaging: the average, not the trained weights the network holds
         now) as a model file with the corrected ``depth_scale``; returns the file the node should load."""
-        import copy
-
-        trained = copy.deepcopy(self.trainer.depth_net.state_dict())
-        self.trainer.depth_net.load_state_dict(self.current_state)
-        try:
+        with _depth_weights(self.trainer, self.current_state):
             return write_model(self.trainer, Path(path), self.settings.export_onnx, self.depth_scale)
-        finally:
-            self.trainer.depth_net.load_state_dict(trained)
 
     def offer(self, rgb: np.ndarray, stamp_ns: int) -> None:
         self.buffer.offer(rgb, stamp_ns)
