@@ -40,13 +40,16 @@ def parse_variant(text: str, fields: dict) -> tuple[str, dict]:
     return name, overrides
 
 
-def score(model: Path, frames, truth, settings) -> float:
+def score(model: Path, frames, truth, settings) -> tuple[float, float]:
+    """(median-scaled AbsRel, median scaling factor truth / published) of a model file's published depth (its
+    ``depth_scale`` applied, as the node publishes it) on the held-out frames."""
     from spidepth_ros.metrics import evaluate_frame, summarize
     from spidepth_ros.runtime import create_estimator
 
     with create_estimator(model, backend="torch", device="cpu", log=lambda _: None) as estimator:
         rows = [evaluate_frame(gt, estimator.infer(rgb).depth, settings) for rgb, gt in zip(frames, truth)]
-    return summarize([r for r in rows if r is not None])["abs_rel"]
+    summary = summarize([r for r in rows if r is not None])
+    return summary["abs_rel"], summary["scale_median"]
 
 
 def truth_scorer(test_images: np.ndarray, truth, settings):
@@ -146,7 +149,7 @@ def main() -> None:
     eval_settings = EvalSettings(max_depth=args.max_depth)
     score_net = truth_scorer(np.stack([pre.prepare(rgb).resized for _, rgb in test]), truth, eval_settings) \
         if args.score_candidates else None
-    start = score(Path(args.model), [rgb for _, rgb in test], truth, eval_settings)
+    start, start_factor = score(Path(args.model), [rgb for _, rgb in test], truth, eval_settings)
     print(f"{len(frames)} training frames (network size {meta.input_width}x{meta.input_height}), {len(test)} held-out;"
           f" start model {Path(args.model).name}: AbsRel {start:.4f}; {args.steps} steps per run, {args.offered} "
           f"frames offered then ~{args.skip} skipped; {args.threads} threads", flush=True)
@@ -160,19 +163,22 @@ def main() -> None:
             print(f"  {name} seed {seed}: {overrides}", flush=True)
             model, info = run_worker(settings, frames, stamps, args.steps, args.offered, args.skip, seed, print,
                                      score_net)
-            abs_rel = score(model, [rgb for _, rgb in test], truth, eval_settings)
-            results.append(abs_rel)
-            print(f"  {name} seed {seed}: AbsRel {abs_rel:.4f} ({abs_rel / start - 1:+.1%}); {info['accepted']} "
+            abs_rel, factor = score(model, [rgb for _, rgb in test], truth, eval_settings)
+            drift = start_factor / factor      # > 1: the published depth grew against the truth
+            results.append((abs_rel, drift))
+            print(f"  {name} seed {seed}: AbsRel {abs_rel:.4f} ({abs_rel / start - 1:+.1%}), published scale "
+                  f"x{drift:.3f} of the start model's; {info['accepted']} "
                   f"accepted / {info['rejected']} rejected, {info['keyframes']} keyframes, {info['loops']:.1f} loops, "
                   f"{info['seconds']:.0f} s", flush=True)
         table.append((name, overrides, results))
-    print(f"| variant | settings | AbsRel per seed {args.seeds} | mean change | worst change |")
-    print("|---|---|---|---|---|")
+    print(f"| variant | settings | AbsRel per seed {args.seeds} | mean change | worst change | published scale "
+          "drift per seed |")
+    print("|---|---|---|---|---|---|")
     for name, overrides, results in table:
-        changes = [r / start - 1 for r in results]
-        print(f"| {name} | {overrides or 'defaults'} | {', '.join(f'{r:.4f}' for r in results)} | "
-              f"{np.mean(changes):+.1%} | {max(changes):+.1%} |")
-    print(f"start {start:.4f}")
+        changes = [r / start - 1 for r, _ in results]
+        print(f"| {name} | {overrides or 'defaults'} | {', '.join(f'{r:.4f}' for r, _ in results)} | "
+              f"{np.mean(changes):+.1%} | {max(changes):+.1%} | {', '.join(f'x{d:.3f}' for _, d in results)} |")
+    print(f"start {start:.4f} (median scaling factor {start_factor:.4f})")
 
 
 if __name__ == "__main__":

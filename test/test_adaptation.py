@@ -138,10 +138,13 @@ def polled(process):
 
 
 def test_worker_process_hands_back_a_loadable_model_and_dies_cleanly(frames, tmp_path):
-    """The spawned worker receives frames through the queue, trains, and announces an accepted model file that
-    the torch backend loads; killed, it is reported stopped with its exit code."""
+    """The spawned worker receives frames through the queue, trains, and announces accepted model files that
+    the torch backend loads, holding the accepted (averaged) weights its saved state names; killed, it is
+    reported stopped with its exit code."""
     from spidepth_ros.adaptation import AdaptationProcess, wait_for
+    from spidepth_ros.checkpoint import load_weights, safe_torch_load
     from spidepth_ros.runtime import create_estimator
+    from spidepth_ros.training.adaptation import STATE_KEY
 
     # a tolerant guard so that the first candidate is accepted (the guard's rejections are tested above)
     settings = settings_for(tmp_path, batch_size=2, min_train_triplets=2, steps_per_candidate=2,
@@ -167,6 +170,21 @@ def test_worker_process_hands_back_a_loadable_model_and_dies_cleanly(frames, tmp
         assert adapted.shape == demo.shape and np.isfinite(adapted).all()
         assert float(np.abs(adapted - demo).max()) > 0                # the adapted weights, not the demo's
         assert process.state.accepted >= 1 and process.state.state == "adapting"
+        # the announced files hold the ACCEPTED weights (the moving average), not the trained ones the worker
+        # goes on from: the saved state carries both, and the accepted ones must be one of the announced files
+        request = process.request_save(str(tmp_path / "state.pt"))
+        assert wait_for(lambda: request in polled(process).saves, 240.0), process.state
+        saved_path, error = process.state.saves[request]
+        assert not error
+        models.extend(process.take()[0])
+        saved = load_weights(Path(saved_path))
+        trained = safe_torch_load(Path(saved_path))[STATE_KEY]["trained"]
+        accepted = {k: v for k, v in saved.depth_state_dict().items() if v.is_floating_point()}
+        assert max(float((trained[k] - v).abs().max()) for k, v in accepted.items()) > 0
+        matches = [m for m in models if all(torch.equal(load_weights(Path(m)).depth_state_dict()[k], v)
+                                            for k, v in accepted.items())]
+        assert len(matches) == 1, f"{len(models)} announced files, {len(matches)} hold the accepted weights"
+        assert load_weights(Path(matches[0])).extra["depth_scale"] == pytest.approx(saved.extra["depth_scale"])
         process.process.kill()
         process.process.join(10)
         process.poll()
@@ -325,3 +343,64 @@ def test_a_negative_tolerance_asks_for_an_improvement(frames, tmp_path):
     assert not report.accepted and "10% improvement" in report.reason, report
     worker.settings = dataclasses.replace(s, photometric_tolerance=0.01)
     assert worker.judge().accepted
+
+
+def test_the_scale_anchor_holds_each_frames_scale_to_the_start_model(frames, tmp_path):
+    """``losses.scale_anchor_loss`` by formula (maps scaled by s cost the mean of log(s)^2 against their own mean
+    log depth); in the worker, each batch's reference is the start weights' mean log depth of the batch's own
+    augmented targets (recomputed here with the start weights loaded back into the trainer's network); and
+    with the anchor, the same seeded steps move the training frames' scales less than without it."""
+    from spidepth_ros.training.losses import mean_log_depth, scale_anchor_loss
+
+    depth = torch.rand(3, 1, 8, 10) + 0.5
+    reference = torch.from_numpy(np.log(depth.numpy()).reshape(3, -1).mean(axis=1))
+    factors = np.array([2.0, 0.5, 1.0])
+    scaled = depth * torch.tensor(factors, dtype=torch.float32).view(3, 1, 1, 1)
+    assert float(scale_anchor_loss(scaled, reference)) == pytest.approx(np.mean(np.log(factors) ** 2), rel=1e-4)
+
+    def shifts(anchor: float) -> np.ndarray:
+        """|change of mean log depth| per keyframe after 12 steps (eval mode, as published)."""
+        worker = Worker(settings_for(tmp_path / f"a{anchor}", batch_size=2, min_train_triplets=2,
+                                     scale_anchor=anchor))
+        for f in frames[:24]:
+            worker.offer(f.rgb, f.stamp_ns)
+        net, images = worker.trainer.depth_net, worker.scale_images()
+        # the Self Query head's transformer has dropout (as upstream, and in its attention too): off in both
+        # networks, so that the train-mode reference can be recomputed exactly
+        for module in [*net.modules(), *(worker.start_net.modules() if anchor else [])]:
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            elif isinstance(module, torch.nn.MultiheadAttention):
+                module.dropout = 0.0
+        start = {k: v.clone() for k, v in net.state_dict().items()}
+        batches = []
+        original = worker.trainer.train_step
+        worker.trainer.train_step = lambda batch: batches.append(batch) or original(batch)
+        net.eval()
+        with torch.no_grad():
+            before = mean_log_depth(worker.trainer.predict_depth(images))
+        net.train()
+        while worker.steps < 12:
+            worker.train_step()
+        net.eval()
+        with torch.no_grad():
+            after = mean_log_depth(worker.trainer.predict_depth(images))
+        net.train()
+        if anchor:     # the last batch's reference: the start weights (not the trained ones) on its own targets
+            last = batches[-1]["target_aug"]
+            with torch.no_grad():
+                trained = {k: v.clone() for k, v in net.state_dict().items()}
+                net.load_state_dict(start)
+                expected = mean_log_depth(worker.trainer.predict_depth(last))
+                net.load_state_dict(trained)
+            # train mode, as the trained network runs (eval mode differs by ~0.04 here). A reference from the
+            # trained network itself would leave the anchor without a gradient: the comparison below catches that
+            assert torch.allclose(batches[-1]["anchor_log_depth"], expected, atol=1e-5), expected
+        else:
+            assert "anchor_log_depth" not in batches[0]
+        return (after - before).abs().numpy()
+
+    # unanchored, 20 steps moved these frames' scale by ~0.58 in log (1.8x; anchor 1: 0.09, eval mode)
+    free, anchored = shifts(0.0), shifts(1.0)
+    assert np.median(free) > 0.1, free
+    assert np.median(anchored) < 0.5 * np.median(free), (anchored, free)

@@ -71,6 +71,9 @@ class AdaptSettings:
                                                  # trained weights (this decay per step, ~33 steps), not the last
                                                  # step's: on the real sequence it narrowed the run-to-run spread
                                                  # of the gain (bench/adapt_offline.py, docs/real_data.md); 0: off
+    scale_anchor: float = 0.0                    # > 0: weight of a loss holding each training frame's mean log
+                                                 # depth to the start model's (losses.scale_anchor_loss): the
+                                                 # scale then stays per frame, not only on average
     seed: int = 0
 
 
@@ -221,18 +224,24 @@ def _depth_weights(trainer, state: dict):
         trainer.depth_net.load_state_dict(held)
 
 
+@contextmanager
+def _evaluating(net):
+    """``net`` in eval mode inside the block (BatchNorm uses its running statistics, none are updated) and in
+    train mode after it: the worker's networks are always training outside a guard measurement."""
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train()
+
+
 def _start_spread(trainer, start_state: dict, batches: list[dict]) -> float:
     """Depth spread (p95 / p5) of the start weights on the held-out batches' targets (the depth network's input
     only: no poses needed); the trainer's depth network is left as it was."""
     import torch
 
-    with _depth_weights(trainer, start_state) as net:
-        net.eval()
-        try:
-            with torch.no_grad():
-                return _spread([trainer.predict_depth(b["target"].to(trainer.device)) for b in batches])[0]
-        finally:
-            net.train()
+    with _depth_weights(trainer, start_state) as net, _evaluating(net), torch.no_grad():
+        return _spread([trainer.predict_depth(b["target"].to(trainer.device)) for b in batches])[0]
 
 
 def _held_out_numbers(trainer, batches: list[dict]) -> tuple[float, float, float]:
@@ -240,15 +249,13 @@ def _held_out_numbers(trainer, batches: list[dict]) -> tuple[float, float, float
     import torch
 
     photometric, depths, count = 0.0, [], 0
-    trainer.depth_net.eval()
-    with torch.no_grad():
+    with _evaluating(trainer.depth_net), torch.no_grad():
         for batch in batches:
             out = trainer.compute_loss(batch)        # the refined poses' error; the PoseNet extras are not needed
             n = len(batch["index"])
             photometric += float(out["photometric"]) * n
             count += n
             depths.append(out["depth"].flatten())
-    trainer.depth_net.train()
     spread, median = _spread(depths)
     return photometric / max(count, 1), spread, median
 
@@ -257,12 +264,9 @@ def _frame_medians(trainer, images):
     """Per-frame median depth ``[N]`` (model units) of ``trainer``'s depth network on ``images`` ``[N, 3, H, W]``."""
     import torch
 
-    trainer.depth_net.eval()
-    with torch.no_grad():
-        medians = torch.cat([trainer.predict_depth(images[i:i + 8]).flatten(1).median(dim=1).values
-                             for i in range(0, len(images), 8)])
-    trainer.depth_net.train()
-    return medians
+    with _evaluating(trainer.depth_net), torch.no_grad():
+        return torch.cat([trainer.predict_depth(images[i:i + 8]).flatten(1).median(dim=1).values
+                          for i in range(0, len(images), 8)])
 
 
 def judge_candidate(trainer, current_state: dict, batches: list[dict], settings: AdaptSettings,
@@ -274,13 +278,9 @@ def judge_candidate(trainer, current_state: dict, batches: list[dict], settings:
     targets' pixels pooled) of each frame's candidate / current median depth. The depth spread is compared with
     ``start_state``'s (the weights adaptation started from) on the same frames; default: the current model's.
     Anchored to the start, a run of candidates each a little flatter than the last cannot walk into a collapse."""
-    import copy
-
-    candidate_state = copy.deepcopy(trainer.depth_net.state_dict())
-    trainer.depth_net.load_state_dict(current_state)
-    cur = _held_out_numbers(trainer, batches)
-    cur_medians = _frame_medians(trainer, scale_images) if scale_images is not None else None
-    trainer.depth_net.load_state_dict(candidate_state)
+    with _depth_weights(trainer, current_state):
+        cur = _held_out_numbers(trainer, batches)
+        cur_medians = _frame_medians(trainer, scale_images) if scale_images is not None else None
     cand = _held_out_numbers(trainer, batches)
     if cur_medians is not None:
         scale_ratio = float((_frame_medians(trainer, scale_images) / cur_medians.clamp_min(1e-9)).median())
@@ -313,6 +313,7 @@ def adaptation_config(settings: AdaptSettings):
     return config_from_dict({
         "model": {"init": settings.model_path},
         "data": {"target_parallax_px": settings.target_parallax_px, "max_frame_offset": 1},
+        "loss": {"scale_anchor": settings.scale_anchor},
         "optim": {"batch_size": settings.batch_size, "lr": settings.learning_rate},
         "device": settings.device, "threads": settings.threads, "seed": settings.seed,
         "out_dir": settings.out_dir})
@@ -382,6 +383,13 @@ class Worker:
         # the weights adaptation started from: the depth spread's reference (a resumed run keeps its own start)
         self.start_state = copy.deepcopy(self.trainer.depth_net.state_dict())
         self._resume(Path(settings.model_path))
+        # the scale anchor's reference: the start weights in a network of their own (train mode, as the trained
+        # network runs, so that both see BatchNorm alike; never trained)
+        self.start_net = None
+        if settings.scale_anchor > 0:
+            self.start_net = copy.deepcopy(self.trainer.depth_net)
+            self.start_net.load_state_dict(self.start_state)
+            self.start_net.requires_grad_(False)
         # the accepted point a rejection goes back to: the published weights, and with averaging also the trained
         # weights the average follows (training goes on from those, not from the average), PoseNet and Adam
         self.current_state = copy.deepcopy(self.trainer.depth_net.state_dict())
@@ -439,21 +447,18 @@ class Worker:
     def save_state(self, path: Path) -> Path:
         """Write the last accepted weights with the training state (optimiser, counters, RNGs, keyframes) as one
         checkpoint, atomically: a model file the node runs, and a state a worker started from it continues."""
-        import copy
-
-        candidate = copy.deepcopy(self.trainer.depth_net.state_dict())
-        candidate_training = self._training_state()
-        self.trainer.depth_net.load_state_dict(self.current_state)
+        training_now = self._training_state()
         self._load_training_state(self.current_training)
         try:
-            saved = {"steps": self.steps, "accepted": self.accepted, "rejected": self.rejected,
-                     "rng": self.rng.bit_generator.state, "buffer": self.buffer.state(), "start": self.start_state}
-            if self.current_trained is not None:
-                saved["trained"] = self.current_trained
-            self.trainer.save(Path(path), depth_scale=float(self.depth_scale), **{STATE_KEY: saved})
+            with _depth_weights(self.trainer, self.current_state):
+                saved = {"steps": self.steps, "accepted": self.accepted, "rejected": self.rejected,
+                         "rng": self.rng.bit_generator.state, "buffer": self.buffer.state(),
+                         "start": self.start_state}
+                if self.current_trained is not None:
+                    saved["trained"] = self.current_trained
+                self.trainer.save(Path(path), depth_scale=float(self.depth_scale), **{STATE_KEY: saved})
         finally:
-            self.trainer.depth_net.load_state_dict(candidate)
-            self._load_training_state(candidate_training)
+            self._load_training_state(training_now)
         return Path(path)
 
     def write_accepted(self, path: Path) -> Path:
@@ -479,7 +484,16 @@ class Worker:
                                  augment=True, seed=s.seed)
         dataset.set_epoch(self.steps)
         picks = self.rng.choice(len(train), size=min(s.batch_size, len(train)), replace=False).tolist()
-        out = self.trainer.train_step(_collate(dataset, picks))
+        batch = _collate(dataset, picks)
+        if self.start_net is not None:
+            import torch
+
+            from .losses import mean_log_depth
+
+            with torch.no_grad():
+                images = batch["target_aug"].to(self.trainer.device)
+                batch["anchor_log_depth"] = mean_log_depth(self.trainer.predict_depth(images, self.start_net)).cpu()
+        out = self.trainer.train_step(batch)
         self.steps += 1
         if self.average is not None:
             self._update_average()

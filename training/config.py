@@ -66,6 +66,9 @@ class LossConfig:
     # predicts motion as a fraction of the scene depth, and a depth scaled by s leaves the warp unchanged; no
     # measured gain yet, bench/posenet_distill.py); "none" uses it as it is (monodepth2)
     translation_scaling: str = "mean_inverse_depth"
+    # weight of the scale anchor (losses.scale_anchor_loss; batches then carry "anchor_log_depth", the start
+    # model's mean log depth per target): the node's adaptation sets it, plain training has no reference (0)
+    scale_anchor: float = 0.0
 
 
 @dataclass(frozen=True)

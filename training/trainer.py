@@ -25,7 +25,7 @@ from spidepth_ros.presets import ModelPreset, get_preset
 
 from .config import TrainConfig, save_config
 from .diagnostics import EpochDiagnostics, pose_errors, rotation_angle_deg
-from .losses import SelfSupervisedLoss
+from .losses import SelfSupervisedLoss, scale_anchor_loss
 from .pose_refine import refine_transforms, refine_transforms_lm
 from .warping import (pose_from_axis_angle, scale_translation_by_harmonic_mean_depth,
                       scale_translation_by_mean_inverse_depth)
@@ -211,9 +211,10 @@ class Trainer:
             self._ddp_pose = DDP(self.pose_net, device_ids=ids)
 
     # -- forward ---------------------------------------------------------------------------------------
-    def predict_depth(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` -> depth ``[B, 1, H, W]`` (network output upsampled x2, align_corners=False)."""
-        net = self._ddp_depth or self.depth_net
+    def predict_depth(self, images: torch.Tensor, net: Optional[nn.Module] = None) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> depth ``[B, 1, H, W]`` (network output upsampled x2, align_corners=False) of the
+        trainer's depth network, or of ``net`` (another depth network of the same preset)."""
+        net = net or self._ddp_depth or self.depth_net
         depth = net(images)
         return F.interpolate(depth, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -242,6 +243,10 @@ class Trainer:
         if poses.distill is not None:
             out["loss"] = out["loss"] + self.cfg.pose.distill_weight * poses.distill
             out["pose_distill"] = poses.distill.detach()
+        if self.cfg.loss.scale_anchor > 0 and "anchor_log_depth" in b:
+            anchor = scale_anchor_loss(depth.float(), b["anchor_log_depth"])
+            out["loss"] = out["loss"] + self.cfg.loss.scale_anchor * anchor
+            out["scale_anchor"] = anchor.detach()
         out.update(poses.diagnostics)
         out["depth"] = depth.detach()
         if "recorded_transform" in b and bool(b["has_recorded"].any()):
