@@ -97,24 +97,31 @@ def test_worker_trains_and_the_guard_rejects_a_candidate_made_worse_on_purpose(f
 
 
 def test_an_accepted_candidate_keeps_the_published_metric_scale(frames, tmp_path):
-    """Monocular training moves the network's scale freely; the accepted model is written with the running
-    model's depth_scale divided by the guard's measured scale change (the median over the buffer's keyframes of
-    each frame's candidate / current median depth), so that the node's published depth (network output x
+    """Monocular training moves the network's scale freely; an accepted model is written with the START model's
+    depth_scale divided by the whole change since the start (the median over the buffer's keyframes of each
+    frame's candidate / start median depth, measured anew at each swap on the buffer of that moment, not the
+    product of the per-swap changes), so that after two swaps the node's published depth (network output x
     depth_scale, through the torch backend) keeps its per-frame medians on those keyframes, while the raw outputs
     moved by that change. Without the correction the published medians move with it."""
     from spidepth_ros.runtime import create_estimator
     from spidepth_ros.training.adaptation import write_model
 
     worker = Worker(settings_for(tmp_path, batch_size=2, min_train_triplets=2, photometric_tolerance=10.0,
-                                 min_spread_ratio=0.0, learning_rate=1e-3, ema_decay=0.0))
+                                 min_spread_ratio=0.0, learning_rate=1e-3, ema_decay=0.0, scale_anchor=0.0))
     start_scale = worker.depth_scale
-    for f in frames[:24]:
+    for f in frames[:20]:
+        worker.offer(f.rgb, f.stamp_ns)
+    for _ in range(3):
+        worker.train_step()
+    first = worker.judge()
+    assert first.accepted and first.scale_ratio_start == pytest.approx(first.scale_ratio, rel=1e-4), first
+    for f in frames[20:32]:                    # the buffer grows: the second swap measures on more keyframes
         worker.offer(f.rgb, f.stamp_ns)
     for _ in range(3):
         worker.train_step()
     report = worker.judge()
-    assert report.accepted and abs(report.scale_ratio - 1) > 0.05, report     # the scale did move
-    assert worker.depth_scale == pytest.approx(start_scale / report.scale_ratio)
+    assert report.accepted and abs(report.scale_ratio_start - 1) > 0.05, report     # the scale did move
+    assert worker.depth_scale == pytest.approx(start_scale / report.scale_ratio_start)
     adapted = write_model(worker.trainer, tmp_path / "adapted.pt", False, worker.depth_scale)
     measured = [worker.buffer.keyframes[i].rgb for i in worker.scale_indices()]   # the guard's scale frames
     assert len(measured) == min(len(worker.buffer), worker.settings.scale_frames) and len(measured) > 5
@@ -127,7 +134,7 @@ def test_an_accepted_candidate_keeps_the_published_metric_scale(frames, tmp_path
         estimator.stop()
     raw_ratio = float(np.median(medians["adapted"][0] / medians["start"][0]))
     published_ratio = float(np.median(medians["adapted"][1] / medians["start"][1]))
-    assert raw_ratio == pytest.approx(report.scale_ratio, rel=0.03), (raw_ratio, report.scale_ratio)
+    assert raw_ratio == pytest.approx(report.scale_ratio_start, rel=0.03), (raw_ratio, report.scale_ratio_start)
     assert published_ratio == pytest.approx(1.0, abs=0.03), published_ratio
 
 
@@ -293,6 +300,8 @@ def test_weight_averaging_judges_the_average_and_trains_on(frames, tmp_path):
 
     resumed = Worker(dataclasses.replace(s, model_path=str(path)))
     assert all(torch.equal(v, published[k]) for k, v in _depth_params(resumed.current_state, resumed).items())
+    # the published scale's reference survives the restart: the start model's depth_scale, not the saved file's
+    assert resumed.start_depth_scale == worker.start_depth_scale != resumed.depth_scale
     weights = _depth_params(resumed.trainer.depth_net.state_dict(), resumed)
     assert all(torch.equal(weights[k], trained[k]) for k in trained)
 

@@ -200,6 +200,8 @@ class GuardReport:
     spread_candidate: float
     spread_start: float              # the model adaptation started from, same frames (the flattening reference)
     scale_ratio: float               # candidate / current depth: median over keyframes of per-frame medians
+    scale_ratio_start: float         # candidate / start model, the same way (nan without keyframes or start):
+                                     # what the written depth_scale divides out of the start model's
     triplets: int
 
 
@@ -237,13 +239,16 @@ def _evaluating(net):
         net.train()
 
 
-def _start_spread(trainer, start_state: dict, batches: list[dict]) -> float:
-    """Depth spread (p95 / p5) of the start weights on the held-out batches' targets (the depth network's input
-    only: no poses needed); the trainer's depth network is left as it was."""
+def _start_numbers(trainer, start_state: dict, batches: list[dict], scale_images=None):
+    """``(spread, medians)``: the start weights' depth spread (p95 / p5) on the held-out batches' targets (the
+    depth network's input only: no poses needed) and their per-frame medians on ``scale_images`` (None without);
+    the trainer's depth network is left as it was."""
     import torch
 
-    with _depth_weights(trainer, start_state) as net, _evaluating(net), torch.no_grad():
-        return _spread([trainer.predict_depth(b["target"].to(trainer.device)) for b in batches])[0]
+    with _depth_weights(trainer, start_state) as net:
+        with _evaluating(net), torch.no_grad():
+            spread = _spread([trainer.predict_depth(b["target"].to(trainer.device)) for b in batches])[0]
+        return spread, (_frame_medians(trainer, scale_images) if scale_images is not None else None)
 
 
 def _held_out_numbers(trainer, batches: list[dict]) -> tuple[float, float, float]:
@@ -284,11 +289,15 @@ def judge_candidate(trainer, current_state: dict, batches: list[dict], settings:
         cur = _held_out_numbers(trainer, batches)
         cur_medians = _frame_medians(trainer, scale_images) if scale_images is not None else None
     cand = _held_out_numbers(trainer, batches)
+    spread_start, start_medians = cur[1], None
+    if start_state is not None:
+        spread_start, start_medians = _start_numbers(trainer, start_state, batches, scale_images)
+    scale_ratio, scale_ratio_start = cand[2] / cur[2], float("nan")
     if cur_medians is not None:
-        scale_ratio = float((_frame_medians(trainer, scale_images) / cur_medians.clamp_min(1e-9)).median())
-    else:
-        scale_ratio = cand[2] / cur[2]
-    spread_start = _start_spread(trainer, start_state, batches) if start_state is not None else cur[1]
+        cand_medians = _frame_medians(trainer, scale_images)
+        scale_ratio = float((cand_medians / cur_medians.clamp_min(1e-9)).median())
+        if start_medians is not None:
+            scale_ratio_start = float((cand_medians / start_medians.clamp_min(1e-9)).median())
     reason = ""
     if not math.isfinite(cand[0]):
         reason = "the candidate's photometric error is not finite"
@@ -304,7 +313,7 @@ def judge_candidate(trainer, current_state: dict, batches: list[dict], settings:
         reason = (f"median depth moved {scale_ratio:.2f}x against the running model, beyond the "
                   f"{settings.max_scale_change:g}x a depth_scale correction may take")
     return GuardReport(not reason, reason, cur[0], cand[0], cur[1], cand[1], spread_start, scale_ratio,
-                       sum(len(b["index"]) for b in batches))
+                       scale_ratio_start, sum(len(b["index"]) for b in batches))
 
 
 def adaptation_config(settings: AdaptSettings):
@@ -378,9 +387,12 @@ class Worker:
         self.rng = np.random.default_rng(settings.seed)
         self.steps = self.accepted = self.rejected = 0
         self.resumed = ""                # what a saved adaptation state gave back (status and log)
-        # the running model's depth_scale (model units -> metres); each accepted candidate's scale change is
-        # divided out of it, so the node publishes the same metric scale whatever the network drifted to
-        self.depth_scale = _checkpoint_depth_scale(Path(settings.model_path))
+        # the start model's depth_scale (model units -> metres): each accepted candidate's whole scale change
+        # since the start, measured on the buffer of that moment, is divided out of it (not the product of the
+        # per-swap changes, each measured on the fewer keyframes of its time: their errors would accumulate)
+        # (nan for a resumed state saved without it: then the per-swap changes are divided out one by one)
+        self.start_depth_scale = _checkpoint_depth_scale(Path(settings.model_path))
+        self.depth_scale = self.start_depth_scale      # the running model's: the node publishes the same metres
         self._resumed_trained: Optional[dict] = None
         # the weights adaptation started from: the depth spread's reference (a resumed run keeps its own start)
         self.start_state = copy.deepcopy(self.trainer.depth_net.state_dict())
@@ -428,6 +440,7 @@ class Worker:
         self._resumed_trained = saved.get("trained")      # saved with weight averaging: the weights it follows
         if isinstance(saved.get("start"), dict):          # the spread's reference: the first run's start weights
             self.start_state = saved["start"]
+        self.start_depth_scale = float(saved.get("start_depth_scale", math.nan))
         why_not = self.buffer.restore(saved["buffer"], self.settings.width, self.settings.height)
         self.resumed = (f"resumed {path.name} at step {self.steps}"
                         + (f" without its keyframes ({why_not})" if why_not else
@@ -455,7 +468,7 @@ class Worker:
             with _depth_weights(self.trainer, self.current_state):
                 saved = {"steps": self.steps, "accepted": self.accepted, "rejected": self.rejected,
                          "rng": self.rng.bit_generator.state, "buffer": self.buffer.state(),
-                         "start": self.start_state}
+                         "start": self.start_state, "start_depth_scale": self.start_depth_scale}
                 if self.current_trained is not None:
                     saved["trained"] = self.current_trained
                 self.trainer.save(Path(path), depth_scale=float(self.depth_scale), **{STATE_KEY: saved})
@@ -539,7 +552,10 @@ class Worker:
                 self.trainer.depth_net.load_state_dict(trained)
                 self.current_trained = trained
             self.current_training = self._training_state()
-            self.depth_scale /= report.scale_ratio
+            if math.isfinite(report.scale_ratio_start) and math.isfinite(self.start_depth_scale):
+                self.depth_scale = self.start_depth_scale / report.scale_ratio_start
+            else:
+                self.depth_scale /= report.scale_ratio
             self.accepted += 1
         else:                # back to the accepted point: weights, PoseNet, Adam moments (a divergence leaves none)
             self.trainer.depth_net.load_state_dict(self.current_trained if self.current_trained is not None
