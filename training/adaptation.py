@@ -73,9 +73,10 @@ class AdaptSettings:
                                                  # of the gain (bench/adapt_offline.py, docs/real_data.md); 0: off
     scale_anchor: float = 1.0                    # weight of a loss holding each training frame's mean log depth
                                                  # to the start model's (losses.scale_anchor_loss), so the scale
-                                                 # stays per frame, not only on average: on the real sequence the
-                                                 # published scale then moved 0.93-0.96x instead of 1.29-1.92x, and
-                                                 # the gain rose (bench/adapt_offline.py, docs); 0: off
+                                                 # stays per frame, not only on average: in the offline simulation
+                                                 # of the real sequence the published scale then moved 0.93-0.96x
+                                                 # instead of 1.29-1.92x and the gain rose (bench/adapt_offline.py);
+                                                 # over DDS it still moved 1.27-1.36x (docs/real_data.md); 0: off
     seed: int = 0
 
 
