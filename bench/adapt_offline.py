@@ -61,12 +61,11 @@ def truth_scorer(test_images: np.ndarray, truth, settings):
 
     tensors = torch.from_numpy(test_images).permute(0, 3, 1, 2).float() / 255.0
 
+    from spidepth_ros.training.adaptation import evaluating
+
     def score(net) -> float:
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
+        with evaluating(net), torch.no_grad():
             depth = torch.cat([net(tensors[i:i + 8]) for i in range(0, len(tensors), 8)])[:, 0].numpy()
-        net.train(was_training)
         rows = [evaluate_frame(gt, d, settings) for d, gt in zip(depth, truth)]
         return summarize([r for r in rows if r is not None])["abs_rel"]
 
@@ -77,7 +76,7 @@ def run_worker(settings, frames: list[np.ndarray], stamps: list[int], steps: int
                seed: int, log, score_net=None) -> tuple[Path, dict]:
     """Drive a Worker for ``steps`` training steps on the looped ``frames``; returns the last accepted model file
     and counters. ``score_net``: also print each candidate's true held-out AbsRel (:func:`truth_scorer`)."""
-    from spidepth_ros.training.adaptation import Worker
+    from spidepth_ros.training.adaptation import Worker, depth_weights
 
     worker = Worker(settings)
     rng = np.random.default_rng(1000 + seed)
@@ -95,14 +94,13 @@ def run_worker(settings, frames: list[np.ndarray], stamps: list[int], steps: int
         if worker.steps % settings.steps_per_candidate == 0:
             truth = ""
             if score_net is not None:
-                net = worker.trainer.depth_net
-                trained = {k: v.clone() for k, v in net.state_dict().items()}
-                if worker.average is not None:
-                    net.load_state_dict(worker.average)
-                candidate = score_net(net)
-                net.load_state_dict(worker.current_state)
-                running = score_net(net)
-                net.load_state_dict(trained)
+                trainer = worker.trainer
+                # the worker's candidate is the weight average when it keeps one, else the trained weights
+                candidate_state = trainer.depth_net.state_dict() if worker.average is None else worker.average
+                with depth_weights(trainer, candidate_state) as net:
+                    candidate = score_net(net)
+                with depth_weights(trainer, worker.current_state) as net:
+                    running = score_net(net)
                 truth = f"true AbsRel {running:.4f} -> {candidate:.4f}; "
             report = worker.judge()
             verdicts.append(report)

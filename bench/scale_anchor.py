@@ -10,6 +10,7 @@ Prints, per anchor weight, the median |change| over the keyframes (log units: 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def shifts(settings, frames, steps: int) -> tuple[float, float, float]:
     depth after ``steps`` training steps."""
     import torch
 
-    from spidepth_ros.training.adaptation import Worker
+    from spidepth_ros.training.adaptation import Worker, evaluating
     from spidepth_ros.training.losses import mean_log_depth
 
     worker = Worker(settings)
@@ -30,11 +31,8 @@ def shifts(settings, frames, steps: int) -> tuple[float, float, float]:
     net, images = worker.trainer.depth_net, worker.scale_images()
 
     def measure(train: bool):
-        net.train(train)
-        with torch.no_grad():
-            value = mean_log_depth(worker.trainer.predict_depth(images))
-        net.train()
-        return value
+        with (contextlib.nullcontext(net) if train else evaluating(net)), torch.no_grad():
+            return mean_log_depth(worker.trainer.predict_depth(images))
 
     eval_before, train_before = measure(False), measure(True)
     while worker.steps < steps:

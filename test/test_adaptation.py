@@ -357,8 +357,9 @@ def test_a_negative_tolerance_asks_for_an_improvement(frames, tmp_path):
 
 def test_the_scale_anchor_holds_each_frames_scale_to_the_start_model(frames, tmp_path):
     """``losses.scale_anchor_loss`` by formula (maps scaled by s cost the mean of log(s)^2 against their own mean
-    log depth); in the worker, each batch's reference is the start weights' mean log depth of the batch's own
-    augmented targets (recomputed here with the start weights loaded back into the trainer's network); and
+    log depth); in the worker, each step's anchor loss compares its depth with the start weights' mean log depth
+    of the batch's own augmented targets (recomputed here with the start weights loaded back into the trainer's
+    network); and
     with the anchor, the same seeded steps move the training frames' scales less than without it."""
     from spidepth_ros.training.losses import mean_log_depth, scale_anchor_loss
 
@@ -377,15 +378,21 @@ def test_the_scale_anchor_holds_each_frames_scale_to_the_start_model(frames, tmp
         net, images = worker.trainer.depth_net, worker.scale_images()
         # the Self Query head's transformer has dropout (as upstream, and in its attention too): off in both
         # networks, so that the train-mode reference can be recomputed exactly
-        for module in [*net.modules(), *(worker.start_net.modules() if anchor else [])]:
+        for module in [*net.modules(), *(worker.trainer.anchor_net.modules() if anchor else [])]:
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
             elif isinstance(module, torch.nn.MultiheadAttention):
                 module.dropout = 0.0
         start = {k: v.clone() for k, v in net.state_dict().items()}
-        batches = []
-        original = worker.trainer.train_step
-        worker.trainer.train_step = lambda batch: batches.append(batch) or original(batch)
+        steps = []                      # (batch, weights the step started from, its output)
+
+        def recording_step(batch, original=worker.trainer.train_step):
+            weights = {k: v.clone() for k, v in net.state_dict().items()}
+            out = original(batch)
+            steps.append((batch, weights, out))
+            return out
+
+        worker.trainer.train_step = recording_step
         net.eval()
         with torch.no_grad():
             before = mean_log_depth(worker.trainer.predict_depth(images))
@@ -396,18 +403,23 @@ def test_the_scale_anchor_holds_each_frames_scale_to_the_start_model(frames, tmp
         with torch.no_grad():
             after = mean_log_depth(worker.trainer.predict_depth(images))
         net.train()
-        if anchor:     # the last batch's reference: the start weights (not the trained ones) on its own targets
-            last = batches[-1]["target_aug"]
+        batch, weights, out = steps[-1]
+        if anchor:     # the last step's anchor loss: its depth against the START weights' on its own targets
+            last = batch["target_aug"]
             with torch.no_grad():
                 trained = {k: v.clone() for k, v in net.state_dict().items()}
+                net.load_state_dict(weights)
+                depth = worker.trainer.predict_depth(last)
                 net.load_state_dict(start)
-                expected = mean_log_depth(worker.trainer.predict_depth(last))
+                reference = mean_log_depth(worker.trainer.predict_depth(last))
                 net.load_state_dict(trained)
             # train mode, as the trained network runs (eval mode differs by ~0.04 here). A reference from the
-            # trained network itself would leave the anchor without a gradient: the comparison below catches that
-            assert torch.allclose(batches[-1]["anchor_log_depth"], expected, atol=1e-5), expected
+            # trained network itself would make this loss zero, without a gradient: this comparison catches that
+            expected = float(((mean_log_depth(depth) - reference) ** 2).mean())
+            assert expected > 1e-6
+            assert float(out["scale_anchor"]) == pytest.approx(expected, rel=1e-3, abs=1e-7)
         else:
-            assert "anchor_log_depth" not in batches[0]
+            assert "scale_anchor" not in out
         return (after - before).abs().numpy()
 
     # unanchored, 20 steps moved these frames' scale by ~0.58 in log (1.8x; anchor 1: 0.09, eval mode)

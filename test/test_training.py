@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from spidepth_ros.bagio import BagError, BagWriter, iter_images
-from spidepth_ros.geometry import PinholeIntrinsics
 from spidepth_ros.metrics import EvalSettings
 from spidepth_ros.synth import SynthConfig, render_sequence, write_bag
 from spidepth_ros.training import losses, warping
@@ -327,6 +326,54 @@ def test_pose_warmup_trains_posenet_only(bags, tmp_path):
     depth_params = parameters(trainer.depth_net)
     trainer.train_step(next(batches))
     assert any(not torch.equal(v, dict(trainer.depth_net.named_parameters())[k]) for k, v in depth_params.items())
+
+
+def no_dropout(*nets: torch.nn.Module) -> None:
+    """Dropout off (the Self Query head's transformer has it, in its attention too), so forwards repeat exactly."""
+    for net in nets:
+        for module in net.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            elif isinstance(module, torch.nn.MultiheadAttention):
+                module.dropout = 0.0
+
+
+def test_scale_anchor_in_a_fine_tune_holds_to_the_starting_model_also_after_a_resume(bags, tmp_path):
+    """loss.scale_anchor in spidepth-train (on by default): off from scratch (no model to hold the scale to); with
+    model.init the reference network holds the init weights, untouched by training and by a resume from a later
+    checkpoint; the first step's anchor loss is zero (the same weights, dropout off) and later ones are not."""
+    import dataclasses
+
+    from spidepth_ros.training.trainer import Trainer
+
+    base = make_cfg(bags, tmp_path / "init", max_steps=1)
+    start, data = _trainer_and_data(base, tmp_path / "cache")
+    start.save(tmp_path / "init.pt")
+    anchored_loss = dataclasses.replace(base.loss, scale_anchor=1.0)
+    assert TrainConfig().loss.scale_anchor == 1.0 and base.model.init == "scratch"
+    assert start.anchor_net is None and "scale_anchor" not in start.compute_loss(next(iter(
+        torch.utils.data.DataLoader(data.train, batch_size=2))))
+
+    cfg = dataclasses.replace(base, loss=anchored_loss, out_dir=str(tmp_path / "ft"),
+                              model=dataclasses.replace(base.model, init=str(tmp_path / "init.pt")),
+                              optim=dataclasses.replace(base.optim, max_steps=3))
+    trainer = Trainer(cfg, torch.device("cpu"))
+    no_dropout(trainer.depth_net, trainer.anchor_net)
+    init = parameters(start.depth_net)
+    anchors: list[float] = []
+    trainer.fit(data.train, tmp_path / "ft", on_log=lambda s, o: anchors.append(float(o["scale_anchor"])),
+                progress=False)
+    assert len(anchors) == 3 and anchors[0] == pytest.approx(0.0, abs=1e-10) and max(anchors[1:]) > 1e-8, anchors
+    reference = dict(trainer.anchor_net.named_parameters())
+    assert all(torch.equal(v, reference[k]) for k, v in init.items())
+    trained = parameters(trainer.depth_net)
+    assert any(not torch.equal(v, trained[k]) for k, v in init.items())
+
+    resumed = Trainer(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=5)), torch.device("cpu"))
+    resumed.load(tmp_path / "ft" / "last.pt")
+    reference = dict(resumed.anchor_net.named_parameters())
+    assert all(torch.equal(v, reference[k]) for k, v in init.items())
+    assert all(torch.equal(v, dict(resumed.depth_net.named_parameters())[k]) for k, v in trained.items())
 
 
 def test_torchrun_two_processes_on_cpu(bags, tmp_path):

@@ -217,7 +217,7 @@ def _spread(depths: list) -> tuple[float, float]:
 
 
 @contextmanager
-def _depth_weights(trainer, state: dict):
+def depth_weights(trainer, state: dict):
     """The trainer's depth network holds ``state`` inside the block and its own weights again after it."""
     import copy
 
@@ -230,7 +230,7 @@ def _depth_weights(trainer, state: dict):
 
 
 @contextmanager
-def _evaluating(net):
+def evaluating(net):
     """``net`` in eval mode inside the block (BatchNorm uses its running statistics, none are updated) and in
     train mode after it: the worker's networks are always training outside a guard measurement."""
     net.eval()
@@ -246,8 +246,8 @@ def _start_numbers(trainer, start_state: dict, batches: list[dict], scale_images
     the trainer's depth network is left as it was."""
     import torch
 
-    with _depth_weights(trainer, start_state) as net:
-        with _evaluating(net), torch.no_grad():
+    with depth_weights(trainer, start_state) as net:
+        with evaluating(net), torch.no_grad():
             spread = _spread([trainer.predict_depth(b["target"].to(trainer.device)) for b in batches])[0]
         return spread, (_frame_medians(trainer, scale_images) if scale_images is not None else None)
 
@@ -257,7 +257,7 @@ def _held_out_numbers(trainer, batches: list[dict]) -> tuple[float, float, float
     import torch
 
     photometric, depths, count = 0.0, [], 0
-    with _evaluating(trainer.depth_net), torch.no_grad():
+    with evaluating(trainer.depth_net), torch.no_grad():
         for batch in batches:
             out = trainer.compute_loss(batch)        # the refined poses' error; the PoseNet extras are not needed
             n = len(batch["index"])
@@ -272,7 +272,7 @@ def _frame_medians(trainer, images):
     """Per-frame median depth ``[N]`` (model units) of ``trainer``'s depth network on ``images`` ``[N, 3, H, W]``."""
     import torch
 
-    with _evaluating(trainer.depth_net), torch.no_grad():
+    with evaluating(trainer.depth_net), torch.no_grad():
         return torch.cat([trainer.predict_depth(images[i:i + 8]).flatten(1).median(dim=1).values
                           for i in range(0, len(images), 8)])
 
@@ -286,7 +286,7 @@ def judge_candidate(trainer, current_state: dict, batches: list[dict], settings:
     targets' pixels pooled) of each frame's candidate / current median depth. The depth spread is compared with
     ``start_state``'s (the weights adaptation started from) on the same frames; default: the current model's.
     Anchored to the start, a run of candidates each a little flatter than the last cannot walk into a collapse."""
-    with _depth_weights(trainer, current_state):
+    with depth_weights(trainer, current_state):
         cur = _held_out_numbers(trainer, batches)
         cur_medians = _frame_medians(trainer, scale_images) if scale_images is not None else None
     cand = _held_out_numbers(trainer, batches)
@@ -398,13 +398,10 @@ class Worker:
         # the weights adaptation started from: the depth spread's reference (a resumed run keeps its own start)
         self.start_state = copy.deepcopy(self.trainer.depth_net.state_dict())
         self._resume(Path(settings.model_path))
-        # the scale anchor's reference: the start weights in a network of their own (train mode, as the trained
-        # network runs, so that both see BatchNorm alike; never trained)
-        self.start_net = None
-        if settings.scale_anchor > 0:
-            self.start_net = copy.deepcopy(self.trainer.depth_net)
-            self.start_net.load_state_dict(self.start_state)
-            self.start_net.requires_grad_(False)
+        # the scale anchor's reference network (the trainer's, loss.scale_anchor) holds the start weights: those
+        # of the model file, or a resumed state's own start
+        if self.trainer.anchor_net is not None:
+            self.trainer.anchor_net.load_state_dict(self.start_state)
         # the accepted point a rejection goes back to: the published weights, and with averaging also the trained
         # weights the average follows (training goes on from those, not from the average), PoseNet and Adam
         self.current_state = copy.deepcopy(self.trainer.depth_net.state_dict())
@@ -466,7 +463,7 @@ class Worker:
         training_now = self._training_state()
         self._load_training_state(self.current_training)
         try:
-            with _depth_weights(self.trainer, self.current_state):
+            with depth_weights(self.trainer, self.current_state):
                 saved = {"steps": self.steps, "accepted": self.accepted, "rejected": self.rejected,
                          "rng": self.rng.bit_generator.state, "buffer": self.buffer.state(),
                          "start": self.start_state, "start_depth_scale": self.start_depth_scale}
@@ -480,7 +477,7 @@ class Worker:
     def write_accepted(self, path: Path) -> Path:
         """The last accepted weights (with averaging: the average, not the trained weights the network holds
         now) as a model file with the corrected ``depth_scale``; returns the file the node should load."""
-        with _depth_weights(self.trainer, self.current_state):
+        with depth_weights(self.trainer, self.current_state):
             return write_model(self.trainer, Path(path), self.settings.export_onnx, self.depth_scale)
 
     def offer(self, rgb: np.ndarray, stamp_ns: int) -> None:
@@ -501,14 +498,6 @@ class Worker:
         dataset.set_epoch(self.steps)
         picks = self.rng.choice(len(train), size=min(s.batch_size, len(train)), replace=False).tolist()
         batch = _collate(dataset, picks)
-        if self.start_net is not None:
-            import torch
-
-            from .losses import mean_log_depth
-
-            with torch.no_grad():
-                images = batch["target_aug"].to(self.trainer.device)
-                batch["anchor_log_depth"] = mean_log_depth(self.trainer.predict_depth(images, self.start_net)).cpu()
         out = self.trainer.train_step(batch)
         self.steps += 1
         if self.average is not None:

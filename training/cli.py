@@ -243,6 +243,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         save_config(cfg, out_dir / "config.yaml")
         print(f"preset {preset.name}: {len(data.train)} training / {len(data.val)} validation triplets, "
               f"device {device}, world size {dist_probe.world_size}")
+        if trainer.anchor_net is not None:
+            print(f"scale anchor: each frame's mean log depth held to {cfg.model.init}'s (loss.scale_anchor="
+                  f"{cfg.loss.scale_anchor:g}; 0 turns it off)")
         if len(data.val):
             depth_part = (f" and depth on {VAL_DEPTH_FRAMES} frames spread evenly over the validation bags' "
                           f"ground-truth frames" if cfg.data.depth_topic else "")

@@ -66,9 +66,12 @@ class LossConfig:
     # predicts motion as a fraction of the scene depth, and a depth scaled by s leaves the warp unchanged; no
     # measured gain yet, bench/posenet_distill.py); "none" uses it as it is (monodepth2)
     translation_scaling: str = "mean_inverse_depth"
-    # weight of the scale anchor (losses.scale_anchor_loss; batches then carry "anchor_log_depth", the start
-    # model's mean log depth per target): the node's adaptation sets it, plain training has no reference (0)
-    scale_anchor: float = 0.0
+    # weight of the scale anchor (losses.scale_anchor_loss): in a fine-tune (model.init set; from scratch there is
+    # nothing to hold to and it is off) each target's mean log depth is held to the model.init weights' on the same
+    # input (a frozen copy kept by the trainer), so the scale stays while the shape of the map learns. Without it
+    # the real hand-held fine-tune swung 0.33-0.42 between epochs and the driving one doubled its depth
+    # (docs/real_data.md); 0: off
+    scale_anchor: float = 1.0
 
 
 @dataclass(frozen=True)

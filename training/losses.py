@@ -4,7 +4,7 @@
 * per-pixel minimum over reprojection errors of all sources, with identity (unwarped) errors in the
   minimum as automasking (tiny noise breaks ties, as upstream);
 * edge-aware smoothness of mean-normalised **depth** (weight 1e-3);
-* (adaptation only, not in the reference) a scale anchor: each frame's mean log depth held to a reference's.
+* (fine-tunes and the node's adaptation; not in the reference) a scale anchor: each frame's mean log depth held to a reference's.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def mean_log_depth(depth: torch.Tensor) -> torch.Tensor:
 
 def scale_anchor_loss(depth: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``(mean_log_depth(depth) - reference)^2``; ``reference``: ``[B]``, the same frames'
-    mean log depth from the model adaptation started from. Monocular training leaves the scale free, and on a
+    mean log depth from the model training started from. Monocular training leaves the scale free, and on a
     stream it drifts frame by frame (a global correction cannot follow that); this holds every frame's scale where
     it was while the shape of the map learns. A 10 % scale change costs 0.0091."""
     return (mean_log_depth(depth) - reference).pow(2).mean()

@@ -7,6 +7,7 @@ same batches: the next step after resume has the same loss as without the interr
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -25,7 +26,7 @@ from spidepth_ros.presets import ModelPreset, get_preset
 
 from .config import TrainConfig, save_config
 from .diagnostics import EpochDiagnostics, pose_errors, rotation_angle_deg
-from .losses import SelfSupervisedLoss, scale_anchor_loss
+from .losses import SelfSupervisedLoss, mean_log_depth, scale_anchor_loss
 from .pose_refine import refine_transforms, refine_transforms_lm
 from .warping import (pose_from_axis_angle, scale_translation_by_harmonic_mean_depth,
                       scale_translation_by_mean_inverse_depth)
@@ -183,6 +184,12 @@ class Trainer:
             raise ValueError(f"loss.translation_scaling must be one of {TRANSLATION_SCALINGS}, not "
                              f"{cfg.loss.translation_scaling!r}")
         self.loss_fn = SelfSupervisedLoss(cfg.loss)
+        # loss.scale_anchor's reference in a fine-tune: the model.init weights in a network of their own, never
+        # trained (train mode like the trained one, so both normalise alike; a resumed run keeps them, not the
+        # checkpoint's). From scratch there is no scale to hold: no anchor
+        self.anchor_net: Optional[nn.Module] = None
+        if cfg.loss.scale_anchor > 0 and cfg.model.init not in ("", "scratch"):
+            self.anchor_net = copy.deepcopy(self.depth_net).requires_grad_(False)
         o = cfg.optim
         groups = [
             {"params": list(self.depth_net.encoder.parameters()), "lr": o.lr * o.encoder_lr_factor},
@@ -243,8 +250,10 @@ class Trainer:
         if poses.distill is not None:
             out["loss"] = out["loss"] + self.cfg.pose.distill_weight * poses.distill
             out["pose_distill"] = poses.distill.detach()
-        if self.cfg.loss.scale_anchor > 0 and "anchor_log_depth" in b:
-            anchor = scale_anchor_loss(depth.float(), b["anchor_log_depth"])
+        if self.anchor_net is not None and not validation:
+            with torch.no_grad():        # the starting model's scale of each frame, on the same augmented input
+                reference = mean_log_depth(self.predict_depth(b["target_aug"], self.anchor_net).float())
+            anchor = scale_anchor_loss(depth.float(), reference)
             out["loss"] = out["loss"] + self.cfg.loss.scale_anchor * anchor
             out["scale_anchor"] = anchor.detach()
         out.update(poses.diagnostics)
