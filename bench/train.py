@@ -1,11 +1,12 @@
 """Training steps per second on this machine for the small and the ResNet-50 presets (synthetic batch), and what
 the direct pose refinement costs against a plain step (PoseNet's poses, no refinement), side by side.
 
-    python bench/train.py [--batch 4] [--steps 5] [--recipes plain adam20 default]
+    python bench/train.py [--batch 4] [--steps 5] [--recipes plain adam20 default finetune]
 
 Recipes: ``plain`` (pose.init posenet, no refinement), ``adam20`` (image rotation start, 20 Adam steps: the
 2026-12-01 hand-held recipe), ``default`` (config/train.yaml's pose section: image rotation or PoseNet start,
-Levenberg-Marquardt 5 iterations x 3 levels).
+Levenberg-Marquardt 5 iterations x 3 levels), ``finetune`` (the same from ``--init``'s weights: the default scale
+anchor then adds a forward of the starting weights per step).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def recipes() -> dict:
     default = load_config(Path(__file__).resolve().parents[1] / "config" / "train.yaml").to_dict()["pose"]
     return {"plain": {"init": "posenet", "refine_steps": 0},
             "adam20": {"init": "image_rotation", "refine_method": "adam", "refine_steps": 20},
-            "default": default}
+            "default": default, "finetune": default}
 
 
 def main() -> None:
@@ -52,14 +53,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--recipes", nargs="*", default=["plain", "adam20", "default"],
                     help="pose recipes to time per preset; the first is the reference of the ratio")
+    ap.add_argument("--init", default=str(Path(__file__).resolve().parents[1] / "models" / "demo_small.pt"),
+                    help="model.init of the finetune recipe (weights of the preset timed)")
     args = ap.parse_args()
     print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     for name in args.presets:
         b = batch(get_preset(name), args.batch)
         reference = None
         for recipe in args.recipes:
-            cfg = config_from_dict({"model": {"preset": name}, "optim": {"batch_size": args.batch},
-                                    "pose": recipes()[recipe]})
+            model = {"preset": name, **({"init": args.init} if recipe == "finetune" else {})}
+            cfg = config_from_dict({"model": model, "optim": {"batch_size": args.batch}, "pose": recipes()[recipe]})
             torch.manual_seed(0)
             trainer = Trainer(cfg, torch.device("cpu"))
             trainer.train_step(b)                                   # warm-up

@@ -368,6 +368,9 @@ def test_scale_anchor_in_a_fine_tune_holds_to_the_starting_model_also_after_a_re
     assert all(torch.equal(v, reference[k]) for k, v in init.items())
     trained = parameters(trainer.depth_net)
     assert any(not torch.equal(v, trained[k]) for k, v in init.items())
+    with torch.no_grad():           # validation / the adaptation guard: no training term, no reference forward
+        assert "scale_anchor" not in trainer.compute_loss(next(iter(torch.utils.data.DataLoader(data.train,
+                                                                                                 batch_size=2))))
 
     resumed = Trainer(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=5)), torch.device("cpu"))
     resumed.load(tmp_path / "ft" / "last.pt")

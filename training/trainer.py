@@ -250,7 +250,8 @@ class Trainer:
         if poses.distill is not None:
             out["loss"] = out["loss"] + self.cfg.pose.distill_weight * poses.distill
             out["pose_distill"] = poses.distill.detach()
-        if self.anchor_net is not None and not validation:
+        # the scale anchor is a training term: validation and the adaptation guard (no gradient) skip its forward
+        if self.anchor_net is not None and torch.is_grad_enabled():
             with torch.no_grad():        # the starting model's scale of each frame, on the same augmented input
                 reference = mean_log_depth(self.predict_depth(b["target_aug"], self.anchor_net).float())
             anchor = scale_anchor_loss(depth.float(), reference)
