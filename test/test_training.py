@@ -350,7 +350,7 @@ def test_scale_anchor_in_a_fine_tune_holds_to_the_starting_model_also_after_a_re
     start, data = _trainer_and_data(base, tmp_path / "cache")
     start.save(tmp_path / "init.pt")
     anchored_loss = dataclasses.replace(base.loss, scale_anchor=1.0)
-    assert TrainConfig().loss.scale_anchor == 1.0 and base.model.init == "scratch"
+    assert TrainConfig().loss.scale_anchor == 3.0 and base.model.init == "scratch"
     assert start.anchor_net is None and "scale_anchor" not in start.compute_loss(next(iter(
         torch.utils.data.DataLoader(data.train, batch_size=2))))
 
