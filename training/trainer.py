@@ -161,7 +161,7 @@ class Trainer:
         self.cfg = cfg
         self.device = device
         self.dist = dist_info
-        self.preset, depth_net, pose_net, _ = build_models(cfg)
+        self.preset, depth_net, pose_net, init_weights = build_models(cfg)
         self.depth_net = depth_net.to(device).train()
         self.pose_net = pose_net.to(device).train()
         if cfg.pose.init not in POSE_INITS:
@@ -188,7 +188,7 @@ class Trainer:
         # trained (train mode like the trained one, so both normalise alike; a resumed run keeps them, not the
         # checkpoint's). From scratch there is no scale to hold: no anchor
         self.anchor_net: Optional[nn.Module] = None
-        if cfg.loss.scale_anchor > 0 and cfg.model.init not in ("", "scratch"):
+        if cfg.loss.scale_anchor > 0 and init_weights is not None:       # model.init loaded: a fine-tune
             self.anchor_net = copy.deepcopy(self.depth_net).requires_grad_(False)
         o = cfg.optim
         groups = [
