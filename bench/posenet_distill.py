@@ -11,9 +11,11 @@ This isolates PoseNet from the depth network moving under it (what a full traini
         --bags data/real/rs_train --val-bags data/real/rs_val --epochs 20 \
         --settings mean_inverse_depth:1 depth_relative:1 depth_relative:10
 
-A setting is ``translation_scaling:pose_lr_factor[:residual]`` (residual: PoseNet's rotation applied after the
-measured image rotation, so it learns the correction and the translation). Prints one row per setting and epoch checkpoints; with
-``--val-pose-topic /camera/pose`` (validation bags with recorded poses) also the rotation errors against them.
+A setting is ``translation_scaling:pose_lr_factor[:residual|:residual0]`` (residual: PoseNet's rotation applied after
+the measured image rotation, so it learns the correction and the translation; residual0: the same with PoseNet's
+output layer zeroed first, so that it starts exactly at the image rotation). Prints one row per setting and epoch checkpoints; with
+``--val-pose-topic /camera/pose`` (validation bags with recorded poses) also the rotation errors against them and
+the photometric error of the recorded poses themselves (what a perfect PoseNet would score).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -32,7 +35,9 @@ from spidepth_ros.training.config import load_config
 from spidepth_ros.training.data import build_datasets
 from spidepth_ros.training.diagnostics import pose_errors
 from spidepth_ros.training.evaluate import spread_indices
-from spidepth_ros.training.trainer import Trainer, pose_distillation, posenet_transforms
+from spidepth_ros.training.trainer import (Trainer, after_rotation, pose_distillation, posenet_transforms,
+                                          zero_output_layer)
+from spidepth_ros.training.warping import axis_angle_to_matrix
 
 
 def cached_targets(trainer: Trainer, dataset, batch_size: int) -> list[dict]:
@@ -62,17 +67,59 @@ def photometric(trainer: Trainer, batches: list[dict], which) -> float:
     return total / count
 
 
-def rotation_error_deg(batches: list[dict], which) -> float:
-    """Mean rotation error (degrees) of ``which(batch)``'s transforms against the recorded ones (nan without)."""
-    errors = []
+def pose_error_deg(batches: list[dict], which) -> tuple[float, float]:
+    """Mean rotation and translation-direction errors (degrees) of ``which(batch)``'s transforms against the
+    recorded ones (nan without recorded poses; pairs without translation are left out of the direction's mean)."""
+    rotations, directions = [], []
     with torch.no_grad():
         for b in batches:
             if "recorded_transform" not in b or not bool(b["has_recorded"].any()):
                 continue
             has = b["has_recorded"]
             for i, estimate in enumerate(which(b)):
-                errors.append(pose_errors(estimate[has], b["recorded_transform"][has, i])[0])
-    return float(torch.cat(errors).mean()) if errors else float("nan")
+                rotation, direction = pose_errors(estimate[has], b["recorded_transform"][has, i])
+                rotations.append(rotation)
+                directions.append(direction)
+    if not rotations:
+        return float("nan"), float("nan")
+    return float(torch.cat(rotations).mean()), float(torch.cat(directions).nanmean())
+
+
+def recorded_poses(scale: float):
+    """The recorded (prev, next) transforms of a batch with their translation (metres) divided by ``scale`` (metres
+    per model unit), where all three frames had a pose; the start's elsewhere."""
+    def which(b: dict) -> list[torch.Tensor]:
+        has = b["has_recorded"].view(-1, 1, 1)
+        out = []
+        for i, start in enumerate(b["start"]):
+            rec = b["recorded_transform"][:, i].clone()
+            rec[:, :3, 3] /= scale
+            out.append(torch.where(has, rec, start))
+        return out
+    return which
+
+
+def perturbed(base, rotation_deg: float = 0.0, translation_factor: float = 1.0, direction_deg: float = 0.0,
+              seed: int = 0):
+    """``base(batch)``'s transforms with each pair's rotation turned by ``rotation_deg`` about a random axis, its
+    translation scaled by ``translation_factor`` and turned by ``direction_deg`` about a random axis orthogonal to
+    it (the same random axes for every call with the same seed): how precise must a pose be?"""
+    def which(b: dict) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed + int(b["index"][0]))
+        out = []
+        for tr in base(b):
+            n = tr.shape[0]
+            axis = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=1)
+            turn = axis_angle_to_matrix((axis * math.radians(rotation_deg)).view(n, 1, 1, 3))[:, :3, :3]
+            t = tr[:, :3, 3]
+            ortho = torch.nn.functional.normalize(torch.linalg.cross(t, torch.randn(n, 3, generator=gen)), dim=1)
+            swing = axis_angle_to_matrix((ortho * math.radians(direction_deg)).view(n, 1, 1, 3))[:, :3, :3]
+            moved = tr.clone()
+            moved[:, :3, :3] = turn @ tr[:, :3, :3]
+            moved[:, :3, 3] = translation_factor * (swing @ t.unsqueeze(2)).squeeze(2)
+            out.append(moved)
+        return out
+    return which
 
 
 def posenet_poses(pose_net, scaling: str, residual: bool = False):
@@ -83,8 +130,7 @@ def posenet_poses(pose_net, scaling: str, residual: bool = False):
         aa_n, t_n = pose_net(torch.cat([b["target_aug"], b["next_aug"]], 1))
         transforms = posenet_transforms((aa_p, t_p, aa_n, t_n), b["depth"], scaling)
         if residual:
-            transforms = [torch.cat([torch.cat([s[:, :3, :3] @ t[:, :3, :3], t[:, :3, 3:]], 2), t[:, 3:]], 1)
-                          for s, t in zip(b["start"], transforms)]
+            transforms = [after_rotation(s[:, :3, :3], t) for s, t in zip(b["start"], transforms)]
         return transforms
     return which
 
@@ -130,19 +176,42 @@ def main() -> None:
     refined = photometric(trainer, val_batches, lambda b: b["refined"])
     start = photometric(trainer, val_batches, lambda b: b["start"])
     print(f"validation photometric: refined {refined:.4f}, start (image rotation) {start:.4f}")
-    print(f"validation rotation error (deg): refined {rotation_error_deg(val_batches, lambda b: b['refined']):.3f}, "
-          f"start {rotation_error_deg(val_batches, lambda b: b['start']):.3f}")
+    rot_refined, dir_refined = pose_error_deg(val_batches, lambda b: b["refined"])
+    print(f"validation rotation / translation-direction error (deg): refined {rot_refined:.3f} / {dir_refined:.1f}, "
+          f"start {pose_error_deg(val_batches, lambda b: b['start'])[0]:.3f} / - (no translation)")
+    if args.val_pose_topic:
+        # the ceiling of any PoseNet: the true poses, their translation at the depth network's scale (the best of a
+        # grid of metres-per-unit, which favours the truth), scored as PoseNet's poses are
+        grid = [2 ** (k / 8) for k in range(-16, 17)]
+        scored = [(photometric(trainer, val_batches, recorded_poses(g)), g) for g in grid]
+        best, scale = min(scored)
+        print(f"validation photometric: recorded poses {best:.4f} ({best / refined:.2f} x refined) at "
+              f"{scale:.3f} m per model unit (best of {grid[0]:.2f}..{grid[-1]:.2f})")
+        print("how precise a pose must be: the recorded poses perturbed, photometric / refined")
+        print("| perturbation | photometric / refined |")
+        print("|---|---|")
+        for name, kw in [("rotation 0.05 deg", dict(rotation_deg=0.05)), ("rotation 0.1 deg", dict(rotation_deg=0.1)),
+                         ("rotation 0.25 deg", dict(rotation_deg=0.25)), ("rotation 0.5 deg", dict(rotation_deg=0.5)),
+                         ("translation x 0.8", dict(translation_factor=0.8)),
+                         ("translation x 0.5", dict(translation_factor=0.5)),
+                         ("translation direction 5 deg", dict(direction_deg=5.0)),
+                         ("translation direction 20 deg", dict(direction_deg=20.0))]:
+            got = photometric(trainer, val_batches, perturbed(recorded_poses(scale), **kw))
+            print(f"| {name} | {got / refined:.2f} |", flush=True)
     train_probe = train_batches[::max(1, len(train_batches) // 8)]
     train_refined = photometric(trainer, train_probe, lambda b: b["refined"])
     initial = copy.deepcopy(trainer.pose_net.state_dict())
     print("| translation_scaling | PoseNet lr factor | epoch | train distillation | train PoseNet / refined | "
-          "val photometric PoseNet | val PoseNet / refined | val PoseNet rotation error (deg) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "val photometric PoseNet | val PoseNet / refined | val PoseNet rotation error (deg) | "
+          "val PoseNet translation-direction error (deg) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for setting in args.settings:
         scaling, factor, *mode = setting.split(":")
-        residual = mode == ["residual"]
+        residual = mode in (["residual"], ["residual0"])
         pose_net = trainer.pose_net
         pose_net.load_state_dict(initial)
+        if mode == ["residual0"]:      # the output layer zeroed: epoch 0 is exactly the start (image rotation)
+            zero_output_layer(pose_net)
         pose_net.train()
         opt = torch.optim.Adam(pose_net.parameters(), lr=cfg.optim.lr * float(factor))
         for epoch in range(0, args.epochs + 1):
@@ -157,10 +226,11 @@ def main() -> None:
                 pose_net.eval()
                 got = photometric(trainer, val_batches, posenet_poses(pose_net, scaling, residual))
                 on_train = photometric(trainer, train_probe, posenet_poses(pose_net, scaling, residual))
-                rot = rotation_error_deg(val_batches, posenet_poses(pose_net, scaling, residual))
+                rot, direction = pose_error_deg(val_batches, posenet_poses(pose_net, scaling, residual))
                 pose_net.train()
                 print(f"| {setting} | {factor} | {epoch} | {sum(losses) / max(1, len(losses)):.4f} | "
-                      f"{on_train / train_refined:.2f} | {got:.4f} | {got / refined:.2f} | {rot:.3f} |", flush=True)
+                      f"{on_train / train_refined:.2f} | {got:.4f} | {got / refined:.2f} | {rot:.3f} | {direction:.1f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

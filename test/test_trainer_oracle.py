@@ -67,6 +67,10 @@ class TruthPoseNet(nn.Module):
 
 
 def oracle_trainer(pose: dict, loss: dict, frames, batch, depth, tmp_path) -> Trainer:
+    # the stand-in answers the whole motion in metres scaled as upstream's PoseNet is (the default since is a
+    # correction to the measured rotation, relative to the scene depth: test_training.py covers that wiring)
+    pose = {"posenet_residual": False, **pose}
+    loss = {"translation_scaling": "mean_inverse_depth", **loss}
     cfg = config_from_dict({"model": {"preset": "small_r18_96x320"}, "pose": pose, "loss": loss,
                             "data": {"max_frame_offset": 4, "pose_topic": "/camera/pose"}, "out_dir": str(tmp_path)})
     trainer = Trainer(cfg, torch.device("cpu"))

@@ -552,3 +552,65 @@ def test_a_non_finite_loss_makes_no_update_and_a_divergence_stops_with_the_reaso
     trainer.train_step(bad)
     with pytest.raises(FloatingPointError, match="not finite for 3 steps in a row.*lower optim.lr"):
         trainer.train_step(bad)
+
+
+def test_residual_posenet_starts_at_the_measured_rotation_and_keeps_what_it_learned(bags, tmp_path):
+    """pose.posenet_residual: PoseNet's output is a correction after the measured image rotation. A PoseNet that
+    was not trained so starts with its output layer at zero, so its poses ARE the start's (the image rotation, no
+    translation: same photometric error, same transforms); the distillation moves it off there; a checkpoint of a
+    residual run keeps its PoseNet when fine-tuned again, an absolute one is zeroed."""
+    import dataclasses
+
+    from spidepth_ros.training.config import config_from_dict, load_config
+    from spidepth_ros.training.trainer import Trainer
+
+    default_pose = load_config(REPO / "config" / "train.yaml").to_dict()["pose"]
+    base = make_cfg(bags, tmp_path / "residual").to_dict()
+    base["pose"] = {**default_pose, "posenet_residual": True, "posenet_start": False}
+    base["data"].update(target_parallax_px=0.0, max_frame_offset=4)
+    cfg = config_from_dict(base)
+    trainer, data = _trainer_and_data(cfg, tmp_path / "cache")
+    batch = next(iter(torch.utils.data.DataLoader(data.train, batch_size=4)))
+
+    def posenet_and_start(tr):
+        b = {k: v for k, v in batch.items()}
+        with torch.no_grad():
+            depth = tr.predict_depth(b["target_aug"])
+            aa_p, t_p = tr.pose_net(torch.cat([b["prev_aug"], b["target_aug"]], 1))
+            aa_n, t_n = tr.pose_net(torch.cat([b["target_aug"], b["next_aug"]], 1))
+            poses = tr._poses(b, depth, (aa_p, t_p, aa_n, t_n))
+        return poses.posenet, poses.start
+
+    posenet, start = posenet_and_start(trainer)
+    for p, s, i in zip(posenet, start, range(2)):
+        assert torch.equal(s[:, :3, :3], batch["image_rotation"][:, i]) and float(s[:, :3, 3].abs().max()) == 0
+        assert torch.allclose(p, s, atol=1e-6), (p - s).abs().max()
+    with torch.no_grad():
+        out = trainer.compute_loss(batch, validation=True)
+    assert float(out["photometric_posenet"]) == pytest.approx(float(out["photometric_start"]), rel=1e-5)
+
+    before = parameters(trainer.pose_net)
+    trainer.train_step(batch)
+    trainer.train_step(batch)
+    now = dict(trainer.pose_net.named_parameters())
+    assert float(now["decoder.2.weight"].detach().abs().max()) > 0         # the output layer left zero ...
+    assert not torch.equal(before["encoder.conv1.weight"], now["encoder.conv1.weight"])   # ... and the gradient
+    posenet, start = posenet_and_start(trainer)                                            # reaches the backbone
+    assert max(float((p - s).abs().max()) for p, s in zip(posenet, start)) > 1e-6
+    trainer.save(tmp_path / "residual.pt")
+
+    init = dataclasses.replace(cfg.model, init=str(tmp_path / "residual.pt"))
+    again = Trainer(dataclasses.replace(cfg, model=init), torch.device("cpu"))
+    learned = parameters(trainer.pose_net)
+    assert all(torch.equal(v, dict(again.pose_net.named_parameters())[k]) for k, v in learned.items())
+
+    absolute = Trainer(dataclasses.replace(cfg, pose=dataclasses.replace(cfg.pose, posenet_residual=False)),
+                       torch.device("cpu"))
+    absolute.save(tmp_path / "absolute.pt")
+    assert float(absolute.pose_net.decoder[-1].weight.abs().max()) > 0
+    init = dataclasses.replace(cfg.model, init=str(tmp_path / "absolute.pt"))
+    zeroed = Trainer(dataclasses.replace(cfg, model=init), torch.device("cpu"))
+    assert float(zeroed.pose_net.decoder[-1].weight.abs().max()) == 0
+    kept = parameters(absolute.pose_net)                 # everything but the output layer as it was saved
+    assert all(torch.equal(v, dict(zeroed.pose_net.named_parameters())[k]) for k, v in kept.items()
+               if not k.startswith("decoder.2."))

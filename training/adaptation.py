@@ -344,7 +344,8 @@ def write_model(trainer, path: Path, export_onnx: bool, depth_scale: float) -> P
     Written atomically (save_checkpoint)."""
     from spidepth_ros.checkpoint import save_checkpoint
 
-    save_checkpoint(path, trainer.preset, trainer.depth_net, trainer.pose_net, depth_scale=float(depth_scale))
+    save_checkpoint(path, trainer.preset, trainer.depth_net, trainer.pose_net, config=trainer.cfg.to_dict(),
+                    depth_scale=float(depth_scale))     # the config says how its PoseNet was trained
     if not export_onnx:
         return path
     from spidepth_ros.export import export_onnx as export

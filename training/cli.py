@@ -246,6 +246,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         if trainer.anchor_net is not None:
             print(f"scale anchor: each frame's mean log depth held to {cfg.model.init}'s (loss.scale_anchor="
                   f"{cfg.loss.scale_anchor:g}; 0 turns it off)")
+        if trainer.posenet_residual and not args.resume:
+            if not trainer.posenet_restarted:
+                why = f"{cfg.model.init}'s PoseNet was trained so and is kept"
+            elif cfg.model.init in ("", "scratch"):
+                why = "it starts at zero (the measured rotation, no translation)"
+            else:
+                why = (f"{cfg.model.init}'s PoseNet was trained for the whole motion, so its output layer starts at "
+                       "zero (the measured rotation, no translation)")
+            print(f"PoseNet: learns the correction to the measured rotation and the translation "
+                  f"(pose.posenet_residual); {why}")
         if len(data.val):
             depth_part = (f" and depth on {VAL_DEPTH_FRAMES} frames spread evenly over the validation bags' "
                           f"ground-truth frames" if cfg.data.depth_topic else "")

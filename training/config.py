@@ -63,9 +63,10 @@ class LossConfig:
     automask: bool = True                      # identity automasking (monodepth2's static-pixel rule)
     # PoseNet translation before the warp (monocular frames; stereo never): "mean_inverse_depth" multiplies it by
     # the target's mean inverse depth as the official trainer does; "depth_relative" divides it by that (PoseNet
-    # predicts motion as a fraction of the scene depth, and a depth scaled by s leaves the warp unchanged; no
-    # measured gain yet, bench/posenet_distill.py); "none" uses it as it is (monodepth2)
-    translation_scaling: str = "mean_inverse_depth"
+    # predicts motion as a fraction of the scene depth, and a depth scaled by s leaves the warp unchanged: with it
+    # the residual PoseNet learned translation, with upstream's rule it did not, bench/posenet_distill.py);
+    # "none" uses it as it is (monodepth2)
+    translation_scaling: str = "depth_relative"
     # weight of the scale anchor (losses.scale_anchor_loss): in a fine-tune (model.init set; from scratch there is
     # nothing to hold to and it is off) each target's mean log depth is held to the model.init weights' on the same
     # input (a frozen copy kept by the trainer), so the scale stays while the shape of the map learns. Without it
@@ -89,6 +90,11 @@ class PoseConfig:
                                                # data's own rotation curvature (0 = free; see pose_refine.py)
     posenet_start: bool = True                 # lm: per pair, start from PoseNet's pose instead of init's where
                                                # its photometric cost is lower (the share is logged per epoch)
+    posenet_residual: bool = True              # with init image_rotation: PoseNet predicts the correction to the
+                                               # measured rotation and the translation, not the whole motion (its
+                                               # output layer starts at zero unless model.init's PoseNet was trained
+                                               # so); ignored with the other inits. Residual, it learned; absolute,
+                                               # it did not (docs/real_data.md)
     refine_lr_translation: float = 0.002       # adam: per-step size as a fraction of the target's median depth
     refine_lr_rotation: float = 0.005          # adam: radians per step
     distill_weight: float = 1.0                # L1 of PoseNet's transform to the refined one (teaches PoseNet)

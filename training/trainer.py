@@ -128,6 +128,28 @@ def pose_distillation(posenet: list[torch.Tensor], refined: list[torch.Tensor], 
     return total
 
 
+def after_rotation(rotation: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+    """A residual PoseNet's transform ``[B, 4, 4]`` on top of a measured rotation ``[B, 3, 3]`` (both target ->
+    source): rotation ``rotation @ R_correction``, translation the correction's own (the measurement has none)."""
+    out = correction.clone()
+    out[:, :3, :3] = rotation @ correction[:, :3, :3]
+    return out
+
+
+def zero_output_layer(pose_net: nn.Module) -> None:
+    """PoseNet's last convolution set to zero: it outputs no rotation and no translation until it learns."""
+    last = pose_net.decoder[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+
+
+def _trained_residual(config: dict) -> bool:
+    """Whether a checkpoint's saved training config trained its PoseNet as a residual (see PoseConfig)."""
+    pose = (config or {}).get("pose", {})
+    return bool(pose.get("posenet_residual", False)) and pose.get("init") == "image_rotation"
+
+
 def split_pose_param_group(optimizer: dict, scheduler: dict, decoder_params: int, pose_lr_factor: float
                            ) -> tuple[dict, dict]:
     """Optimiser and StepLR states saved before PoseNet had its own parameter group (2 groups: encoder, decoder +
@@ -164,6 +186,7 @@ class Trainer:
         self.preset, depth_net, pose_net, init_weights = build_models(cfg)
         self.depth_net = depth_net.to(device).train()
         self.pose_net = pose_net.to(device).train()
+        self.posenet_residual = cfg.pose.posenet_residual and cfg.pose.init == "image_rotation"
         if cfg.pose.init not in POSE_INITS:
             raise ValueError(f"pose.init must be one of {POSE_INITS}, not {cfg.pose.init!r}")
         if cfg.pose.init == "image_rotation" and cfg.data.max_frame_offset <= 0:
@@ -180,6 +203,12 @@ class Trainer:
             raise ValueError(f"pose.refine_method must be one of {REFINE_METHODS}, not {cfg.pose.refine_method!r}")
         if cfg.pose.refine_method == "lm" and cfg.pose.refine_levels < 1:
             raise ValueError("pose.refine_levels must be at least 1 (the full-resolution image)")
+        # an absolute PoseNet's output read as a correction would turn every pair twice: start at zero correction
+        # (the measured rotation, no translation) and learn from there (a resume loads its own PoseNet after this)
+        self.posenet_restarted = self.posenet_residual and not (
+            init_weights is not None and _trained_residual(init_weights.extra.get("config", {})))
+        if self.posenet_restarted:
+            zero_output_layer(self.pose_net)
         if cfg.loss.translation_scaling not in TRANSLATION_SCALINGS:
             raise ValueError(f"loss.translation_scaling must be one of {TRANSLATION_SCALINGS}, not "
                              f"{cfg.loss.translation_scaling!r}")
@@ -293,7 +322,10 @@ class Trainer:
         scaling = "none" if "stereo" in b else self.cfg.loss.translation_scaling
 
         def posenet_pair(depth_for_scale: torch.Tensor) -> list[torch.Tensor]:
-            return posenet_transforms(posenet_out, depth_for_scale, scaling)
+            transforms = posenet_transforms(posenet_out, depth_for_scale, scaling)
+            if self.posenet_residual and "image_rotation" in b:
+                transforms = [after_rotation(b["image_rotation"][:, i], t) for i, t in enumerate(transforms)]
+            return transforms
 
         posenet = posenet_pair(depth)
         start = posenet
