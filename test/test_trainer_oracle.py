@@ -110,6 +110,61 @@ def test_posenet_path_with_the_true_motion_explains_the_frames(scene, tmp_path):
     assert truth < 0.35 * photometric(trainer, swapped), (truth, photometric(trainer, swapped))
 
 
+class ResidualTruthPoseNet(TruthPoseNet):
+    """What a perfect residual PoseNet (``pose.posenet_residual``) answers: per pair, the rotation that the
+    batch's measured image rotation still lacks and the true translation, as a fraction of the target's
+    harmonic-mean depth (``depth_relative``). The trainer applies the correction after the measured rotation
+    (``R_image @ R``) and inverts the previous pair's output, so for target -> prev with true ``[R_t | t_t]`` the
+    answer is ``R = R_t^T R_image``, ``t = -R t_t``; for target -> next ``R = R_image^T R_t``, ``t = t_t``."""
+
+    def __init__(self, frames, batch, depth) -> None:
+        super().__init__(frames, batch)
+        self.truth = true_transforms(frames)
+        self.measured = batch["image_rotation"]
+        self.mean_inverse = (1.0 / depth).mean(dim=(1, 2, 3)).numpy()
+
+    def forward(self, pair: torch.Tensor):
+        first = self._which(pair[:, :3])
+        source = 0 if first == "prev" else 1
+        aa, t = [], []
+        for k in range(pair.shape[0]):
+            true = self.truth[source][k].double().numpy()
+            measured = self.measured[k, source].double().numpy()
+            if source == 0:
+                r = true[:3, :3].T @ measured
+                trans = -r @ true[:3, 3]
+            else:
+                r = measured.T @ true[:3, :3]
+                trans = true[:3, 3]
+            aa.append(matrix_to_axis_angle(r))
+            t.append(trans * self.mean_inverse[k])
+        as_tensor = lambda v: torch.tensor(np.array(v), dtype=torch.float32).view(-1, 1, 1, 3)   # noqa: E731
+        return as_tensor(aa) + 0 * self.dummy, as_tensor(t) + 0 * self.dummy
+
+
+def test_residual_posenet_with_the_true_correction_gives_the_true_motion(scene, tmp_path):
+    """The default PoseNet (a correction after the measured rotation, translation relative to the scene depth):
+    answering the true correction, its transforms are the true ones (the composition's order, the previous pair's
+    inversion and the depth-relative scale are all in this), and its photometric error is the truth's."""
+    frames, batch, depth = scene
+    trainer = oracle_trainer({"init": "image_rotation", "posenet_residual": True, "posenet_start": False},
+                             {**PLAIN, "translation_scaling": "depth_relative"}, frames, batch, depth, tmp_path)
+    assert trainer.posenet_residual
+    trainer.pose_net = ResidualTruthPoseNet(frames, batch, depth)
+    with torch.no_grad():
+        aa_p, t_p = trainer.pose_net(torch.cat([batch["prev_aug"], batch["target_aug"]], 1))
+        aa_n, t_n = trainer.pose_net(torch.cat([batch["target_aug"], batch["next_aug"]], 1))
+        poses = trainer._poses(batch, depth, (aa_p, t_p, aa_n, t_n))
+        out = trainer.compute_loss(batch, validation=True)
+    for got, want, start in zip(poses.posenet, true_transforms(frames), poses.start):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=2e-4)
+        assert float((start - want).abs().max()) > 1e-3        # the measured rotation alone is not the truth
+    truth = photometric(oracle_trainer({"init": "recorded", "refine_steps": 0}, PLAIN, frames, batch, depth,
+                                       tmp_path), batch)
+    assert float(out["photometric_posenet"]) == pytest.approx(truth, rel=1e-3)
+    assert float(out["photometric_start"]) > 1.5 * truth
+
+
 def test_recorded_poses_reach_the_warp_unchanged_and_in_order(scene, tmp_path):
     frames, batch, depth = scene
     trainer = oracle_trainer({"init": "recorded", "refine_steps": 0}, PLAIN, frames, batch, depth, tmp_path)
