@@ -244,6 +244,10 @@ def test_an_optimiser_state_saved_before_posenet_had_its_own_group_resumes():
 
     old_cfg = upgrade_saved_config({"model": {"preset": "small_r18_96x320"}, "optim": {"lr": 2e-4}})
     assert old_cfg["optim"]["pose_lr_factor"] == 1.0
+    # a run saved before PoseNet became a correction resumes with the PoseNet it has (absolute, upstream's units)
+    older = upgrade_saved_config({"pose": {"init": "image_rotation"}, "loss": {"ssim_alpha": 0.85}})
+    assert older["pose"]["posenet_residual"] is False and older["loss"]["translation_scaling"] == "mean_inverse_depth"
+    assert not config_from_dict(older).pose.posenet_residual and config_from_dict({}).pose.posenet_residual
     cfg = config_from_dict({"model": {"preset": "small_r18_96x320"}, "optim": {"lr": 2e-4, "pose_lr_factor": 10.0}})
     trainer = Trainer(cfg, torch.device("cpu"))
     for p in [*trainer.depth_net.parameters(), *trainer.pose_net.parameters()]:

@@ -180,13 +180,19 @@ def _build(cls, data: dict, where: str):
 
 def upgrade_saved_config(data: dict) -> dict:
     """A checkpoint's saved config with the keys added since it was written set to what that run did: a run saved
-    before ``pose.refine_method`` existed refined with Adam (the LM default must not change a resumed run)."""
+    before ``pose.refine_method`` existed refined with Adam (the LM default must not change a resumed run), one
+    saved before ``pose.posenet_residual`` had an absolute PoseNet (its weights mean the whole motion)."""
     pose = data.get("pose")
     if isinstance(pose, dict) and "refine_steps" in pose and "refine_method" not in pose:
         pose["refine_method"] = "adam"
     optim = data.get("optim")
     if isinstance(optim, dict) and "lr" in optim and "pose_lr_factor" not in optim:
         optim["pose_lr_factor"] = 1.0          # PoseNet shared the depth decoder's learning rate before
+    if isinstance(pose, dict) and "init" in pose and "posenet_residual" not in pose:
+        pose["posenet_residual"] = False       # PoseNet predicted the whole motion before
+    loss = data.get("loss")
+    if isinstance(loss, dict) and "ssim_alpha" in loss and "translation_scaling" not in loss:
+        loss["translation_scaling"] = "mean_inverse_depth"     # upstream's rule, the only one before
     return data
 
 
