@@ -249,7 +249,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if trainer.posenet_residual and not args.resume:
             if not trainer.posenet_restarted:
                 why = f"{cfg.model.init}'s PoseNet was trained so and is kept"
-            elif cfg.model.init in ("", "scratch"):
+            elif not trainer.fine_tune:
                 why = "it starts at zero (the measured rotation, no translation)"
             else:
                 why = (f"{cfg.model.init}'s PoseNet was trained for the whole motion, so its output layer starts at "

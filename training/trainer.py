@@ -186,6 +186,7 @@ class Trainer:
         self.preset, depth_net, pose_net, init_weights = build_models(cfg)
         self.depth_net = depth_net.to(device).train()
         self.pose_net = pose_net.to(device).train()
+        self.fine_tune = init_weights is not None          # model.init loaded (else from scratch)
         self.posenet_residual = cfg.pose.posenet_residual and cfg.pose.init == "image_rotation"
         if cfg.pose.init not in POSE_INITS:
             raise ValueError(f"pose.init must be one of {POSE_INITS}, not {cfg.pose.init!r}")
@@ -206,7 +207,7 @@ class Trainer:
         # an absolute PoseNet's output read as a correction would turn every pair twice: start at zero correction
         # (the measured rotation, no translation) and learn from there (a resume loads its own PoseNet after this)
         self.posenet_restarted = self.posenet_residual and not (
-            init_weights is not None and _trained_residual(init_weights.extra.get("config", {})))
+            self.fine_tune and _trained_residual(init_weights.extra.get("config", {})))
         if self.posenet_restarted:
             zero_output_layer(self.pose_net)
         if cfg.loss.translation_scaling not in TRANSLATION_SCALINGS:
@@ -217,7 +218,7 @@ class Trainer:
         # trained (train mode like the trained one, so both normalise alike; a resumed run keeps them, not the
         # checkpoint's). From scratch there is no scale to hold: no anchor
         self.anchor_net: Optional[nn.Module] = None
-        if cfg.loss.scale_anchor > 0 and init_weights is not None:       # model.init loaded: a fine-tune
+        if cfg.loss.scale_anchor > 0 and self.fine_tune:
             self.anchor_net = copy.deepcopy(self.depth_net).requires_grad_(False)
         o = cfg.optim
         groups = [
