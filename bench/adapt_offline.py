@@ -155,13 +155,13 @@ def main() -> None:
     for name, overrides in variants:
         results = []
         for seed in args.seeds:
-            out = tempfile.mkdtemp(prefix=f"adapt_offline_{name}_{seed}_")
-            settings = adapt_settings_for(args.model, out, meta.input_width, meta.input_height, k, threads=args.threads,
-                                          **{"seed": seed, **overrides})
-            print(f"  {name} seed {seed}: {overrides}", flush=True)
-            model, info = run_worker(settings, frames, stamps, args.steps, args.offered, args.skip, seed, print,
-                                     score_net)
-            abs_rel, factor = score(model, [rgb for _, rgb in test], truth, eval_settings)
+            with tempfile.TemporaryDirectory(prefix=f"adapt_offline_{name}_{seed}_") as out:   # models, ~100 MB
+                settings = adapt_settings_for(args.model, out, meta.input_width, meta.input_height, k,
+                                              threads=args.threads, **{"seed": seed, **overrides})
+                print(f"  {name} seed {seed}: {overrides}", flush=True)
+                model, info = run_worker(settings, frames, stamps, args.steps, args.offered, args.skip, seed, print,
+                                         score_net)
+                abs_rel, factor = score(model, [rgb for _, rgb in test], truth, eval_settings)
             drift = start_factor / factor      # > 1: the published depth grew against the truth
             results.append((abs_rel, drift))
             print(f"  {name} seed {seed}: AbsRel {abs_rel:.4f} ({abs_rel / start - 1:+.1%}), published scale "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +101,7 @@ def play(args, adapt: bool, frames_train, frames_test, info, gt) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
         feed.close()
         rclpy.shutdown(context=context)
+        shutil.rmtree(out_dir, ignore_errors=True)   # the adapted models (~100 MB each), read above
 
 
 def main() -> None:

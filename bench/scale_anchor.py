@@ -61,10 +61,11 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for lr in args.learning_rates:
         for anchor in args.anchors:
-            settings = AdaptSettings(model_path=args.model, out_dir=tempfile.mkdtemp(prefix="scale_anchor_"),
-                                     width=drive.width, height=drive.height, k_normalized=k, threads=2,
-                                     batch_size=2, min_train_triplets=2, learning_rate=lr, scale_anchor=anchor)
-            eval_abs, eval_mean, train_abs = shifts(settings, frames, args.steps)
+            with tempfile.TemporaryDirectory(prefix="scale_anchor_") as out:
+                settings = AdaptSettings(model_path=args.model, out_dir=out, width=drive.width, height=drive.height,
+                                         k_normalized=k, threads=2, batch_size=2, min_train_triplets=2,
+                                         learning_rate=lr, scale_anchor=anchor)
+                eval_abs, eval_mean, train_abs = shifts(settings, frames, args.steps)
             print(f"| {lr:g} | {anchor:g} | {eval_abs:.3f} | {eval_mean:+.3f} | {train_abs:.3f} |", flush=True)
 
 
