@@ -11,9 +11,12 @@ This isolates PoseNet from the depth network moving under it (what a full traini
         --bags data/real/rs_train --val-bags data/real/rs_val --epochs 20 \
         --settings mean_inverse_depth:1 depth_relative:1 depth_relative:10
 
-A setting is ``translation_scaling:pose_lr_factor[:residual|:residual0]`` (residual: PoseNet's rotation applied after
-the measured image rotation, so it learns the correction and the translation; residual0: the same with PoseNet's
-output layer zeroed first, so that it starts exactly at the image rotation). Prints one row per setting and epoch checkpoints; with
+A setting is ``translation_scaling:pose_lr_factor[:flag...]`` with flags ``residual`` (PoseNet's rotation applied
+after the measured image rotation, so it learns the correction and the translation), ``residual0`` (the same with
+PoseNet's output layer zeroed first, so that it starts exactly at the image rotation), ``bnfrozen`` (PoseNet's
+BatchNorm layers normalise with their running statistics while it trains, as they do when it is scored) and
+``rot<w>`` (the distillation's rotation term weighted w, e.g. ``rot10``) and ``derot`` (with residual: PoseNet's
+sources turned into the target's orientation by the measured rotation before it sees them). Prints one row per setting and epoch checkpoints; with
 ``--val-pose-topic /camera/pose`` (validation bags with recorded poses) also the rotation errors against them and
 the photometric error of the recorded poses themselves (what a perfect PoseNet would score).
 """
@@ -35,8 +38,8 @@ from spidepth_ros.training.config import load_config
 from spidepth_ros.training.data import build_datasets
 from spidepth_ros.training.diagnostics import pose_errors
 from spidepth_ros.training.evaluate import spread_indices
-from spidepth_ros.training.trainer import (Trainer, after_rotation, pose_distillation, posenet_transforms,
-                                          zero_output_layer)
+from spidepth_ros.training.trainer import (Trainer, after_rotation, pose_distillation, posenet_pair_inputs,
+                                          posenet_transforms, zero_output_layer)
 from spidepth_ros.training.warping import axis_angle_to_matrix
 
 
@@ -47,8 +50,9 @@ def cached_targets(trainer: Trainer, dataset, batch_size: int) -> list[dict]:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             depth = trainer.predict_depth(batch["target_aug"])
             pose = trainer.pose_net
-            aa_p, t_p = pose(torch.cat([batch["prev_aug"], batch["target_aug"]], 1))
-            aa_n, t_n = pose(torch.cat([batch["target_aug"], batch["next_aug"]], 1))
+            pair_prev, pair_next = posenet_pair_inputs(batch)
+            aa_p, t_p = pose(pair_prev)
+            aa_n, t_n = pose(pair_next)
             poses = trainer._poses(batch, depth, (aa_p, t_p, aa_n, t_n))
             out.append({**batch, "depth": depth, "refined": [t.detach() for t in poses.warp],
                         "start": [t.detach() for t in poses.start]})
@@ -122,16 +126,31 @@ def perturbed(base, rotation_deg: float = 0.0, translation_factor: float = 1.0, 
     return which
 
 
-def posenet_poses(pose_net, scaling: str, residual: bool = False):
+def posenet_poses(pose_net, scaling: str, residual: bool = False, derotated: bool = False):
     """PoseNet's (prev, next) transforms of a batch; ``residual``: its rotation applied after the start's (the
-    measured image rotation), i.e. PoseNet learns the correction and the translation."""
+    measured image rotation), i.e. PoseNet learns the correction and the translation; ``derotated``: its inputs'
+    sources turned into the target's orientation by that rotation first (``trainer.posenet_pair_inputs``)."""
     def which(b: dict) -> list[torch.Tensor]:
-        aa_p, t_p = pose_net(torch.cat([b["prev_aug"], b["target_aug"]], 1))
-        aa_n, t_n = pose_net(torch.cat([b["target_aug"], b["next_aug"]], 1))
+        pair_prev, pair_next = posenet_pair_inputs(b, derotated)
+        aa_p, t_p = pose_net(pair_prev)
+        aa_n, t_n = pose_net(pair_next)
         transforms = posenet_transforms((aa_p, t_p, aa_n, t_n), b["depth"], scaling)
         if residual:
             transforms = [after_rotation(s[:, :3, :3], t) for s, t in zip(b["start"], transforms)]
         return transforms
+    return which
+
+
+def mixed(rotation_from, translation_from):
+    """Transforms with ``rotation_from(batch)``'s rotations and ``translation_from(batch)``'s translations: which
+    half of PoseNet's pose costs the photometric error?"""
+    def which(b: dict) -> list[torch.Tensor]:
+        out = []
+        for r, t in zip(rotation_from(b), translation_from(b)):
+            m = t.clone()
+            m[:, :3, :3] = r[:, :3, :3]
+            out.append(m)
+        return out
     return which
 
 
@@ -203,34 +222,47 @@ def main() -> None:
     initial = copy.deepcopy(trainer.pose_net.state_dict())
     print("| translation_scaling | PoseNet lr factor | epoch | train distillation | train PoseNet / refined | "
           "val photometric PoseNet | val PoseNet / refined | val PoseNet rotation error (deg) | "
-          "val PoseNet translation-direction error (deg) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "val PoseNet translation-direction error (deg) | val PoseNet rotation + refined translation / refined | "
+          "val refined rotation + PoseNet translation / refined |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for setting in args.settings:
-        scaling, factor, *mode = setting.split(":")
-        residual = mode in (["residual"], ["residual0"])
+        scaling, factor, *flags = setting.split(":")
+        residual = bool({"residual", "residual0"} & set(flags))
+        derotated = residual and "derot" in flags
+        rotation_weight = float(next((f[3:] for f in flags if f.startswith("rot")), 1.0))
         pose_net = trainer.pose_net
         pose_net.load_state_dict(initial)
-        if mode == ["residual0"]:      # the output layer zeroed: epoch 0 is exactly the start (image rotation)
+        if "residual0" in flags:       # the output layer zeroed: epoch 0 is exactly the start (image rotation)
             zero_output_layer(pose_net)
-        pose_net.train()
+
+        def training_mode() -> None:
+            pose_net.train()
+            if "bnfrozen" in flags:
+                for m in pose_net.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        training_mode()
         opt = torch.optim.Adam(pose_net.parameters(), lr=cfg.optim.lr * float(factor))
         for epoch in range(0, args.epochs + 1):
             losses = []
+            ours = posenet_poses(pose_net, scaling, residual, derotated)
             for b in train_batches if epoch > 0 else []:      # epoch 0: the checkpoint's PoseNet as it is
-                loss = pose_distillation(posenet_poses(pose_net, scaling, residual)(b), b["refined"], b["depth"])
+                loss = pose_distillation(ours(b), b["refined"], b["depth"], rotation_weight)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
             if epoch in (0, 1, args.epochs) or epoch % max(1, args.epochs // 4) == 0:
                 pose_net.eval()
-                got = photometric(trainer, val_batches, posenet_poses(pose_net, scaling, residual))
-                on_train = photometric(trainer, train_probe, posenet_poses(pose_net, scaling, residual))
-                rot, direction = pose_error_deg(val_batches, posenet_poses(pose_net, scaling, residual))
-                pose_net.train()
+                got = photometric(trainer, val_batches, ours)
+                on_train = photometric(trainer, train_probe, ours)
+                rot, direction = pose_error_deg(val_batches, ours)
+                its_rotation = photometric(trainer, val_batches, mixed(ours, lambda b: b["refined"]))
+                its_translation = photometric(trainer, val_batches, mixed(lambda b: b["refined"], ours))
+                training_mode()
                 print(f"| {setting} | {factor} | {epoch} | {sum(losses) / max(1, len(losses)):.4f} | "
-                      f"{on_train / train_refined:.2f} | {got:.4f} | {got / refined:.2f} | {rot:.3f} | {direction:.1f} |",
-                      flush=True)
+                      f"{on_train / train_refined:.2f} | {got:.4f} | {got / refined:.2f} | {rot:.3f} | {direction:.1f} | "
+                      f"{its_rotation / refined:.2f} | {its_translation / refined:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -297,16 +297,22 @@ def test_unusable_distortion_is_refused_naming_the_bag(tmp_path):
 
 # -- data.pose_topic: recorded poses for diagnosis, or in place of PoseNet -------------------------------------------
 
-@pytest.fixture(scope="module")
-def posed(tmp_path_factory):
-    """A synthetic bag with the true camera pose on /camera/pose, its store with the poses attached, the truth."""
+def posed_bag(config: SynthConfig, root):
+    """``config``'s sequence recorded with the true camera pose on /camera/pose under ``root``: (bag, its frame
+    store at 320x96 with the poses attached)."""
     from spidepth_ros.training.data import attach_poses
 
-    root = tmp_path_factory.mktemp("posed")
-    bag = write_bag(SYNTH, root / "bag", progress=False, poses=True)
+    bag = write_bag(config, root / "bag", progress=False, poses=True)
     store = load_frames(bag, "/camera/image_raw", "/camera/camera_info", 320, 96, root / "cache", progress=False,
                         max_offset=4)
     attach_poses(store, bag, "/camera/pose", (), 0.5)
+    return bag, store
+
+
+@pytest.fixture(scope="module")
+def posed(tmp_path_factory):
+    """A synthetic bag with the true camera pose on /camera/pose, its store with the poses attached, the truth."""
+    bag, store = posed_bag(SYNTH, tmp_path_factory.mktemp("posed"))
     return bag, store, list(render_sequence(SYNTH))
 
 

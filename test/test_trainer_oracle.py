@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from spidepth_ros.geometry import matrix_to_axis_angle
-from spidepth_ros.synth import SynthConfig, render_sequence, write_bag
+from spidepth_ros.synth import SynthConfig, render_sequence
 from spidepth_ros.training.config import config_from_dict
-from spidepth_ros.training.data import TripletDataset, attach_poses, load_frames
+from spidepth_ros.training.data import TripletDataset
 from spidepth_ros.training.trainer import Trainer
 from test_handheld import _loss_and_warped_transforms as warped_with   # the loss module's inputs, spied
+from test_handheld import posed_bag
 
 # a slow camera on a path with turns (hand-held-like parallax of a few pixels), every rendered frame kept
 SEQUENCE = SynthConfig(frames=14, seed=4, width=320, height=96, speed=2.0)
@@ -28,11 +29,7 @@ TRIPLETS = [(0, 3, 6, 9), (0, 5, 8, 11)]          # (store, prev, target, next):
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    root = tmp_path_factory.mktemp("oracle")
-    bag = write_bag(SEQUENCE, root / "bag", progress=False, poses=True)
-    store = load_frames(bag, "/camera/image_raw", "/camera/camera_info", 320, 96, root / "cache", progress=False,
-                        max_offset=4)
-    attach_poses(store, bag, "/camera/pose", (), 0.5)
+    _, store = posed_bag(SEQUENCE, tmp_path_factory.mktemp("oracle"))
     frames = list(render_sequence(SEQUENCE))
     batch = next(iter(torch.utils.data.DataLoader(TripletDataset([store], TRIPLETS, 320, 96, augment=False),
                                                   batch_size=len(TRIPLETS))))

@@ -55,6 +55,27 @@ def test_known_translation_moves_pixels_by_the_formula():
     torch.testing.assert_close(v_src, torch.arange(h, dtype=torch.float32)[:, None].expand(h, w), atol=1e-4, rtol=0)
 
 
+def test_derotate_is_the_rotation_homography(rng):
+    """``warping.derotate`` samples the source at K R K^-1 p for every target pixel p: OpenCV's perspective warp
+    with that homography (as the inverse map) gives the same image; with R transposed it does not."""
+    from spidepth_ros.geometry import axis_angle_to_matrix
+
+    h, w = 48, 64
+    img = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 1.5)      # smooth: bilinear agrees
+    k = np.array([[60.0, 0, 31.0], [0, 60.0, 24.0], [0, 0, 1]])
+    r = axis_angle_to_matrix(np.array([0.01, -0.03, 0.02]))                            # ~2 degrees
+    expected = cv2.warpPerspective(img, k @ r @ np.linalg.inv(k), (w, h),
+                                   flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    kt = torch.from_numpy(k).float()[None]
+    got = warping.derotate(torch.from_numpy(img).permute(2, 0, 1)[None], torch.from_numpy(r).float()[None], kt,
+                           torch.linalg.inv(kt))[0].permute(1, 2, 0).numpy()
+    inner = (slice(6, -6), slice(6, -6))                   # away from the borders (OpenCV fills, we clamp)
+    assert np.abs(got[inner] - expected[inner]).max() < 2e-3
+    transposed = warping.derotate(torch.from_numpy(img).permute(2, 0, 1)[None], torch.from_numpy(r.T).float()[None],
+                                  kt, torch.linalg.inv(kt))[0].permute(1, 2, 0).numpy()
+    assert np.abs(transposed[inner] - expected[inner]).mean() > 20 * np.abs(got[inner] - expected[inner]).mean()
+
+
 def test_true_depth_and_pose_explain_a_real_synthetic_pair():
     """Warping frame t+1 with the renderer's ground-truth depth and pose reproduces frame t."""
     cfg = SynthConfig(frames=2, seed=5, width=160, height=48, num_boxes=40)

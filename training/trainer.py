@@ -28,7 +28,7 @@ from .config import TrainConfig, save_config
 from .diagnostics import EpochDiagnostics, pose_errors, rotation_angle_deg
 from .losses import SelfSupervisedLoss, mean_log_depth, scale_anchor_loss
 from .pose_refine import refine_transforms, refine_transforms_lm
-from .warping import (pose_from_axis_angle, scale_translation_by_harmonic_mean_depth,
+from .warping import (derotate, pose_from_axis_angle, scale_translation_by_harmonic_mean_depth,
                       scale_translation_by_mean_inverse_depth)
 
 
@@ -99,6 +99,18 @@ class PairPoses:
     diagnostics: dict                  # refinement statistics for the epoch summary
 
 
+def posenet_pair_inputs(b: dict, derotated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """PoseNet's two inputs ``[B, 6, H, W]`` of a batch, in temporal order: (prev, target) and (target, next), from
+    the colour-augmented frames. ``derotated``: each source first resampled into the target's orientation by its
+    measured rotation (``b["image_rotation"]``, target -> source; :func:`derotate`), so that a residual PoseNet sees
+    only what it has to add: the translation's parallax and the rotation's error."""
+    prev, target, nxt = b["prev_aug"], b["target_aug"], b["next_aug"]
+    if derotated:
+        prev = derotate(prev, b["image_rotation"][:, 0], b["K"], b["inv_K"])
+        nxt = derotate(nxt, b["image_rotation"][:, 1], b["K"], b["inv_K"])
+    return torch.cat([prev, target], 1), torch.cat([target, nxt], 1)
+
+
 def posenet_transforms(posenet_out: tuple, depth: torch.Tensor, scaling: str) -> list[torch.Tensor]:
     """PoseNet's outputs for the (prev, target) and (target, next) pairs -> the (prev, next) target-to-source
     transforms ``[B, 4, 4]`` the warp takes. ``posenet_out``: ``(axis-angle prev, translation prev, axis-angle next,
@@ -113,18 +125,20 @@ def posenet_transforms(posenet_out: tuple, depth: torch.Tensor, scaling: str) ->
     return [pose_from_axis_angle(aa_p, tp, invert=True), pose_from_axis_angle(aa_n, tn, invert=False)]
 
 
-def pose_distillation(posenet: list[torch.Tensor], refined: list[torch.Tensor], depth: torch.Tensor) -> torch.Tensor:
+def pose_distillation(posenet: list[torch.Tensor], refined: list[torch.Tensor], depth: torch.Tensor,
+                      rotation_weight: float = 1.0) -> torch.Tensor:
     """L1 of PoseNet's transforms to the refined ones ``[B, 4, 4]``, summed over the pairs, in units where rotation
     and translation weigh alike: rotation-matrix entries (~ radians) and translation as a fraction of the target's
     harmonic-mean depth ``1 / mean(1/depth)`` (``depth`` ``[B, 1, H, W]``, detached: the distillation teaches
     PoseNet, it must not move the depth). In the warp's raw units the translation of a far scene would swamp the
-    rotation (and of a near one vanish); relative to the depth both are O(0.01) per pair."""
+    rotation (and of a near one vanish); relative to the depth both are O(0.01) per pair. ``rotation_weight``
+    multiplies the rotation's term (bench/posenet_distill.py compares weights)."""
     scene = 1.0 / (1.0 / depth.detach()).mean(dim=(1, 2, 3)).view(-1, 1, 1)
     total = torch.zeros((), device=depth.device)
     for t, r in zip(posenet, refined):
         r = r.detach()
         rotation = (t[:, :3, :3] - r[:, :3, :3]).abs().mean()
-        total = total + rotation + ((t[:, :3, 3:] - r[:, :3, 3:]) / scene).abs().mean()
+        total = total + rotation_weight * rotation + ((t[:, :3, 3:] - r[:, :3, 3:]) / scene).abs().mean()
     return total
 
 
@@ -267,8 +281,9 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=self.use_amp):
             depth = self.predict_depth(b["target_aug"])
             # pairs always in temporal order; the previous frame's pose is inverted (reference section 3)
-            aa_p, t_p = pose(torch.cat([b["prev_aug"], b["target_aug"]], 1))
-            aa_n, t_n = pose(torch.cat([b["target_aug"], b["next_aug"]], 1))
+            pair_prev, pair_next = posenet_pair_inputs(b)
+            aa_p, t_p = pose(pair_prev)
+            aa_n, t_n = pose(pair_next)
         posenet_out = (aa_p.float(), t_p.float(), aa_n.float(), t_n.float())
         poses = self._poses(b, depth.float(), posenet_out)
         sources = [b["prev"], b["next"]]

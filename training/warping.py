@@ -111,3 +111,15 @@ def warp(source: torch.Tensor, depth: torch.Tensor, k: torch.Tensor, inv_k: torc
     h, w = depth.shape[-2:]
     grid = project(backproject(depth, inv_k), k, t, h, w)
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def derotate(source: torch.Tensor, rotation: torch.Tensor, k: torch.Tensor, inv_k: torch.Tensor) -> torch.Tensor:
+    """``source`` ``[B, C, H, W]`` resampled into the target camera's orientation: the warp with the target-to-
+    source ``rotation`` ``[B, 3, 3]`` and no translation (the homography ``K R K^-1``, independent of depth), so
+    that what still differs from the target is translation parallax and the rotation's error."""
+    b, _, h, w = source.shape
+    t = torch.eye(4, dtype=source.dtype, device=source.device).repeat(b, 1, 1)
+    t[:, :3, :3] = rotation
+    ones = torch.ones(b, 1, h, w, dtype=source.dtype, device=source.device)
+    return warp(source, ones, k, inv_k, t)
+
