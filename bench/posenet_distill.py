@@ -15,8 +15,11 @@ A setting is ``translation_scaling:pose_lr_factor[:flag...]`` with flags ``resid
 after the measured image rotation, so it learns the correction and the translation), ``residual0`` (the same with
 PoseNet's output layer zeroed first, so that it starts exactly at the image rotation), ``bnfrozen`` (PoseNet's
 BatchNorm layers normalise with their running statistics while it trains, as they do when it is scored) and
-``rot<w>`` (the distillation's rotation term weighted w, e.g. ``rot10``) and ``derot`` (with residual: PoseNet's
-sources turned into the target's orientation by the measured rotation before it sees them). Prints one row per setting and epoch checkpoints; with
+``rot<w>`` (the distillation's rotation term weighted w, e.g. ``rot10``), ``derot`` (with residual: PoseNet's
+sources turned into the target's orientation by the measured rotation before it sees them), ``both`` (PoseNet also
+trained on the time-reversed pairs, (target, prev) and (next, target), towards the same refined transforms) and
+``sym`` (PoseNet scored by the chordal mean of its forward and time-reversed estimates of each transform) and
+``cos`` (the learning rate decayed to zero over the epochs, cosine). Prints one row per setting and epoch checkpoints; with
 ``--val-pose-topic /camera/pose`` (validation bags with recorded poses) also the rotation errors against them and
 the photometric error of the recorded poses themselves (what a perfect PoseNet would score).
 """
@@ -141,6 +144,40 @@ def posenet_poses(pose_net, scaling: str, residual: bool = False, derotated: boo
     return which
 
 
+def reversed_posenet_poses(pose_net, scaling: str, residual: bool = False):
+    """PoseNet's (prev, next) transforms from the time-reversed pairs, (target, prev) and (next, target): PoseNet's
+    output for a pair (a, b) is the motion with a as target and b as source, so the first is the target -> prev
+    transform as it is and the second the inverse of next -> target; with ``residual`` each after the start's
+    measured rotation, as :func:`posenet_poses`. A second estimate of the same transforms from the same frames."""
+    def which(b: dict) -> list[torch.Tensor]:
+        pair_prev, pair_next = posenet_pair_inputs(b)
+        aa_p, t_p = pose_net(torch.cat([pair_prev[:, 3:], pair_prev[:, :3]], 1))     # (target, prev)
+        aa_n, t_n = pose_net(torch.cat([pair_next[:, 3:], pair_next[:, :3]], 1))     # (next, target)
+        # posenet_transforms inverts its first pair and keeps its second: here the next pair must be inverted
+        to_next, to_prev = posenet_transforms((aa_n, t_n, aa_p, t_p), b["depth"], scaling)
+        transforms = [to_prev, to_next]
+        if residual:
+            transforms = [after_rotation(s[:, :3, :3], t) for s, t in zip(b["start"], transforms)]
+        return transforms
+    return which
+
+
+def chordal_mean(first, second):
+    """The mean of two estimates of each transform ``[B, 4, 4]``: translations averaged, rotations by the chordal
+    mean (the nearest rotation to the mean matrix, through its SVD)."""
+    def which(b: dict) -> list[torch.Tensor]:
+        out = []
+        for x, y in zip(first(b), second(b)):
+            u, _, vt = torch.linalg.svd((x[:, :3, :3] + y[:, :3, :3]) / 2)
+            fix = torch.ones_like(x[:, :3, 0])
+            fix[:, 2] = torch.linalg.det(u @ vt)          # a reflection would need det -1; keep a rotation
+            m = (x + y) / 2
+            m[:, :3, :3] = u @ torch.diag_embed(fix) @ vt
+            out.append(m)
+        return out
+    return which
+
+
 def mixed(rotation_from, translation_from):
     """Transforms with ``rotation_from(batch)``'s rotations and ``translation_from(batch)``'s translations: which
     half of PoseNet's pose costs the photometric error?"""
@@ -228,6 +265,8 @@ def main() -> None:
     for setting in args.settings:
         scaling, factor, *flags = setting.split(":")
         residual = bool({"residual", "residual0"} & set(flags))
+        both = "both" in flags           # trained on the time-reversed pairs as well (same targets)
+        symmetric = "sym" in flags       # scored by the mean of the forward and the time-reversed estimates
         derotated = residual and "derot" in flags
         rotation_weight = float(next((f[3:] for f in flags if f.startswith("rot")), 1.0))
         pose_net = trainer.pose_net
@@ -243,14 +282,23 @@ def main() -> None:
                         m.eval()
         training_mode()
         opt = torch.optim.Adam(pose_net.parameters(), lr=cfg.optim.lr * float(factor))
+        # ``cos``: the learning rate decays to zero over the run (cosine), so the last epochs settle
+        decay = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, args.epochs * len(train_batches)))
+                 if "cos" in flags else None)
         for epoch in range(0, args.epochs + 1):
             losses = []
-            ours = posenet_poses(pose_net, scaling, residual, derotated)
+            forward = posenet_poses(pose_net, scaling, residual, derotated)
+            backward = reversed_posenet_poses(pose_net, scaling, residual)
+            ours = chordal_mean(forward, backward) if symmetric else forward
             for b in train_batches if epoch > 0 else []:      # epoch 0: the checkpoint's PoseNet as it is
-                loss = pose_distillation(ours(b), b["refined"], b["depth"], rotation_weight)
+                loss = pose_distillation(forward(b), b["refined"], b["depth"], rotation_weight)
+                if both:
+                    loss = loss + pose_distillation(backward(b), b["refined"], b["depth"], rotation_weight)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if decay is not None:
+                    decay.step()
                 losses.append(float(loss.detach()))
             if epoch in (0, 1, args.epochs) or epoch % max(1, args.epochs // 4) == 0:
                 pose_net.eval()
