@@ -14,10 +14,10 @@ This isolates PoseNet from the depth network moving under it (what a full traini
 A setting is ``translation_scaling:pose_lr_factor[:flag...]`` with flags ``residual`` (PoseNet's rotation applied
 after the measured image rotation, so it learns the correction and the translation), ``residual0`` (the same with
 PoseNet's output layer zeroed first, so that it starts exactly at the image rotation), ``bnfrozen`` (PoseNet's
-BatchNorm layers normalise with their running statistics while it trains, as they do when it is scored) and
+BatchNorm layers normalise with their running statistics while it trains, as they do when it is scored),
 ``rot<w>`` (the distillation's rotation term weighted w, e.g. ``rot10``), ``derot`` (with residual: PoseNet's
 sources turned into the target's orientation by the measured rotation before it sees them), ``both`` (PoseNet also
-trained on the time-reversed pairs, (target, prev) and (next, target), towards the same refined transforms) and
+trained on the time-reversed pairs, (target, prev) and (next, target), towards the same refined transforms; never derotated),
 ``sym`` (PoseNet scored by the chordal mean of its forward and time-reversed estimates of each transform) and
 ``cos`` (the learning rate decayed to zero over the epochs, cosine). Prints one row per setting and epoch checkpoints; with
 ``--val-pose-topic /camera/pose`` (validation bags with recorded poses) also the rotation errors against them and
