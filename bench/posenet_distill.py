@@ -129,33 +129,26 @@ def perturbed(base, rotation_deg: float = 0.0, translation_factor: float = 1.0, 
     return which
 
 
-def posenet_poses(pose_net, scaling: str, residual: bool = False, derotated: bool = False):
+def posenet_poses(pose_net, scaling: str, residual: bool = False, derotated: bool = False,
+                  time_reversed: bool = False):
     """PoseNet's (prev, next) transforms of a batch; ``residual``: its rotation applied after the start's (the
     measured image rotation), i.e. PoseNet learns the correction and the translation; ``derotated``: its inputs'
-    sources turned into the target's orientation by that rotation first (``trainer.posenet_pair_inputs``)."""
+    sources turned into the target's orientation by that rotation first (``trainer.posenet_pair_inputs``).
+    ``time_reversed``: PoseNet fed (target, prev) and (next, target) instead, a second estimate of the same
+    transforms from the same frames: its output for a pair (a, b) is the motion with a as target and b as source,
+    so the first is the target -> prev transform as it is and the second must be inverted."""
     def which(b: dict) -> list[torch.Tensor]:
         pair_prev, pair_next = posenet_pair_inputs(b, derotated)
-        aa_p, t_p = pose_net(pair_prev)
-        aa_n, t_n = pose_net(pair_next)
-        transforms = posenet_transforms((aa_p, t_p, aa_n, t_n), b["depth"], scaling)
-        if residual:
-            transforms = [after_rotation(s[:, :3, :3], t) for s, t in zip(b["start"], transforms)]
-        return transforms
-    return which
-
-
-def reversed_posenet_poses(pose_net, scaling: str, residual: bool = False):
-    """PoseNet's (prev, next) transforms from the time-reversed pairs, (target, prev) and (next, target): PoseNet's
-    output for a pair (a, b) is the motion with a as target and b as source, so the first is the target -> prev
-    transform as it is and the second the inverse of next -> target; with ``residual`` each after the start's
-    measured rotation, as :func:`posenet_poses`. A second estimate of the same transforms from the same frames."""
-    def which(b: dict) -> list[torch.Tensor]:
-        pair_prev, pair_next = posenet_pair_inputs(b)
-        aa_p, t_p = pose_net(torch.cat([pair_prev[:, 3:], pair_prev[:, :3]], 1))     # (target, prev)
-        aa_n, t_n = pose_net(torch.cat([pair_next[:, 3:], pair_next[:, :3]], 1))     # (next, target)
-        # posenet_transforms inverts its first pair and keeps its second: here the next pair must be inverted
-        to_next, to_prev = posenet_transforms((aa_n, t_n, aa_p, t_p), b["depth"], scaling)
-        transforms = [to_prev, to_next]
+        if time_reversed:
+            aa_p, t_p = pose_net(torch.cat([pair_prev[:, 3:], pair_prev[:, :3]], 1))     # (target, prev)
+            aa_n, t_n = pose_net(torch.cat([pair_next[:, 3:], pair_next[:, :3]], 1))     # (next, target)
+            # posenet_transforms inverts its first pair and keeps its second: here the next pair is inverted
+            to_next, to_prev = posenet_transforms((aa_n, t_n, aa_p, t_p), b["depth"], scaling)
+            transforms = [to_prev, to_next]
+        else:
+            aa_p, t_p = pose_net(pair_prev)
+            aa_n, t_n = pose_net(pair_next)
+            transforms = posenet_transforms((aa_p, t_p, aa_n, t_n), b["depth"], scaling)
         if residual:
             transforms = [after_rotation(s[:, :3, :3], t) for s, t in zip(b["start"], transforms)]
         return transforms
@@ -288,7 +281,7 @@ def main() -> None:
         for epoch in range(0, args.epochs + 1):
             losses = []
             forward = posenet_poses(pose_net, scaling, residual, derotated)
-            backward = reversed_posenet_poses(pose_net, scaling, residual)
+            backward = posenet_poses(pose_net, scaling, residual, time_reversed=True)
             ours = chordal_mean(forward, backward) if symmetric else forward
             for b in train_batches if epoch > 0 else []:      # epoch 0: the checkpoint's PoseNet as it is
                 loss = pose_distillation(forward(b), b["refined"], b["depth"], rotation_weight)

@@ -64,7 +64,7 @@ def test_forward_reversed_and_mean_estimates_are_the_true_transforms(bench, seed
     truth = [target_to_source(world, 1, 0), target_to_source(world, 1, 2)]
     net = oracle_pose_net(world)
     forward = bench.posenet_poses(net, "depth_relative")
-    backward = bench.reversed_posenet_poses(net, "depth_relative")
+    backward = bench.posenet_poses(net, "depth_relative", time_reversed=True)
     for which in (forward, backward, bench.chordal_mean(forward, backward)):
         got = which(batch)
         for estimate, true in zip(got, truth):
