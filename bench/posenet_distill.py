@@ -21,7 +21,8 @@ trained on the time-reversed pairs, (target, prev) and (next, target), towards t
 ``sym`` (PoseNet scored by the chordal mean of its forward and time-reversed estimates of each transform) and
 ``cos`` (the learning rate decayed to zero over the epochs, cosine). Prints one row per setting and epoch checkpoints; with
 ``--val-pose-topic /camera/pose`` (validation bags with recorded poses) also the rotation errors against them and
-the photometric error of the recorded poses themselves (what a perfect PoseNet would score).
+the photometric error of the recorded poses themselves (what a perfect PoseNet would score). ``--train-parallax
+0.8 1.8`` also trains on each target's sources chosen at those parallaxes (more pairs cut from the same frames).
 """
 from __future__ import annotations
 
@@ -198,6 +199,9 @@ def main() -> None:
     p.add_argument("--one-batch", action="store_true",
                    help="train on the first batch only and score on it: can PoseNet fit the targets at all?")
     p.add_argument("--val-pose-topic", default="", help="recorded poses in the validation bags: rotation errors")
+    p.add_argument("--train-parallax", nargs="*", type=float, default=[],
+                   help="also train on the triplets chosen at these data.target_parallax_px values (more pairs from the "
+                        "same frames: each target's sources at other offsets); validation keeps the config's")
     p.add_argument("--set", nargs="*", default=[], help="further config overrides")
     args = p.parse_args()
     torch.set_num_threads(auto_threads(0))
@@ -216,11 +220,17 @@ def main() -> None:
         data_val = data.val
     val = torch.utils.data.Subset(data_val, spread_indices(len(data.val), args.val_triplets).tolist())
     t0 = time.perf_counter()
-    train_batches = cached_targets(trainer, data.train, cfg.optim.batch_size)
+    train_sets = [data.train] + [
+        build_datasets(dataclasses.replace(cfg.data, target_parallax_px=px), trainer.preset.width,
+                       trainer.preset.height, Path(args.cache), cfg.seed, progress=False).train
+        for px in args.train_parallax if px != cfg.data.target_parallax_px]
+    distinct = len({t for d in train_sets for t in d.triplets})
+    train_batches = [b for d in train_sets for b in cached_targets(trainer, d, cfg.optim.batch_size)]
     val_batches = cached_targets(trainer, val, cfg.optim.batch_size)
     if args.one_batch:                        # fitting, not generalising: the validation rows score that batch
         train_batches = val_batches = train_batches[:1]
-    print(f"refined {len(data.train)} training and {len(val)} validation triplets in "
+    print(f"refined {sum(len(d) for d in train_sets)} training ({distinct} distinct, target parallax "
+          f"{[cfg.data.target_parallax_px, *args.train_parallax]} px) and {len(val)} validation triplets in "
           f"{time.perf_counter() - t0:.0f} s")
     refined = photometric(trainer, val_batches, lambda b: b["refined"])
     start = photometric(trainer, val_batches, lambda b: b["start"])

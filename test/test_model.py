@@ -123,7 +123,7 @@ def test_posenet_output_and_scale():
 def naive_sql_head(head: SelfQueryDepthHead, x: torch.Tensor) -> torch.Tensor:
     """The reference's section-2 description written out with loops and explicit formulas."""
     b, e, h, w = x.shape
-    p, q = head.patch_size, head.query_nums
+    q = head.query_nums
     emb = head.embedding_convPxP(x)                       # [B, E, h/P, w/P]
     tokens = emb.flatten(2) + head.positional_encodings[:emb.shape[2] * emb.shape[3]].T[None]
     tokens = head.transformer_encoder(tokens.permute(2, 0, 1))

@@ -158,10 +158,16 @@ def zero_output_layer(pose_net: nn.Module) -> None:
         last.bias.zero_()
 
 
+def residual_posenet(posenet_residual: bool, init: str) -> bool:
+    """Whether PoseNet learns the correction to the measured rotation (pose.posenet_residual acts only with
+    pose.init image_rotation; see PoseConfig)."""
+    return bool(posenet_residual) and init == "image_rotation"
+
+
 def _trained_residual(config: dict) -> bool:
-    """Whether a checkpoint's saved training config trained its PoseNet as a residual (see PoseConfig)."""
+    """Whether a checkpoint's saved training config trained its PoseNet as a residual."""
     pose = (config or {}).get("pose", {})
-    return bool(pose.get("posenet_residual", False)) and pose.get("init") == "image_rotation"
+    return residual_posenet(pose.get("posenet_residual", False), pose.get("init"))
 
 
 def split_pose_param_group(optimizer: dict, scheduler: dict, decoder_params: int, pose_lr_factor: float
@@ -201,7 +207,7 @@ class Trainer:
         self.depth_net = depth_net.to(device).train()
         self.pose_net = pose_net.to(device).train()
         self.fine_tune = init_weights is not None          # model.init loaded (else from scratch)
-        self.posenet_residual = cfg.pose.posenet_residual and cfg.pose.init == "image_rotation"
+        self.posenet_residual = residual_posenet(cfg.pose.posenet_residual, cfg.pose.init)
         if cfg.pose.init not in POSE_INITS:
             raise ValueError(f"pose.init must be one of {POSE_INITS}, not {cfg.pose.init!r}")
         if cfg.pose.init == "image_rotation" and cfg.data.max_frame_offset <= 0:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from ..checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, safe_torch_load
 
 
