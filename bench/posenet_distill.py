@@ -19,7 +19,8 @@ BatchNorm layers normalise with their running statistics while it trains, as the
 sources turned into the target's orientation by the measured rotation before it sees them), ``both`` (PoseNet also
 trained on the time-reversed pairs, (target, prev) and (next, target), towards the same refined transforms; never derotated),
 ``sym`` (PoseNet scored by the chordal mean of its forward and time-reversed estimates of each transform) and
-``cos`` (the learning rate decayed to zero over the epochs, cosine). Prints one row per setting and epoch checkpoints; with
+``cos`` (the learning rate decayed to zero over the epochs, cosine) and ``gain<k>`` (scored with PoseNet's rotation
+correction shrunk by k towards the measured rotation, e.g. ``gain0.5``; training unchanged). Prints one row per setting and epoch checkpoints; with
 ``--val-pose-topic /camera/pose`` (validation bags with recorded poses) also the rotation errors against them and
 the photometric error of the recorded poses themselves (what a perfect PoseNet would score). ``--train-parallax
 0.8 1.8`` also trains on each target's sources chosen at those parallaxes (more pairs cut from the same frames).
@@ -131,13 +132,15 @@ def perturbed(base, rotation_deg: float = 0.0, translation_factor: float = 1.0, 
 
 
 def posenet_poses(pose_net, scaling: str, residual: bool = False, derotated: bool = False,
-                  time_reversed: bool = False):
+                  time_reversed: bool = False, rotation_gain: float = 1.0):
     """PoseNet's (prev, next) transforms of a batch; ``residual``: its rotation applied after the start's (the
     measured image rotation), i.e. PoseNet learns the correction and the translation; ``derotated``: its inputs'
     sources turned into the target's orientation by that rotation first (``trainer.posenet_pair_inputs``).
     ``time_reversed``: PoseNet fed (target, prev) and (next, target) instead, a second estimate of the same
     transforms from the same frames: its output for a pair (a, b) is the motion with a as target and b as source,
-    so the first is the target -> prev transform as it is and the second must be inverted."""
+    so the first is the target -> prev transform as it is and the second must be inverted. ``rotation_gain``: PoseNet's
+    rotation (with ``residual``, its correction to the measured rotation) scaled by this angle factor, a shrinkage
+    towards the measured rotation that only scoring uses."""
     def which(b: dict) -> list[torch.Tensor]:
         pair_prev, pair_next = posenet_pair_inputs(b, derotated)
         if time_reversed:
@@ -149,7 +152,8 @@ def posenet_poses(pose_net, scaling: str, residual: bool = False, derotated: boo
         else:
             aa_p, t_p = pose_net(pair_prev)
             aa_n, t_n = pose_net(pair_next)
-            transforms = posenet_transforms((aa_p, t_p, aa_n, t_n), b["depth"], scaling)
+            transforms = posenet_transforms((rotation_gain * aa_p, t_p, rotation_gain * aa_n, t_n), b["depth"],
+                                            scaling)
         if residual:
             transforms = [after_rotation(s[:, :3, :3], t) for s, t in zip(b["start"], transforms)]
         return transforms
@@ -272,6 +276,7 @@ def main() -> None:
         symmetric = "sym" in flags       # scored by the mean of the forward and the time-reversed estimates
         derotated = residual and "derot" in flags
         rotation_weight = float(next((f[3:] for f in flags if f.startswith("rot")), 1.0))
+        gain = float(next((f[4:] for f in flags if f.startswith("gain")), 1.0))
         pose_net = trainer.pose_net
         pose_net.load_state_dict(initial)
         if "residual0" in flags:       # the output layer zeroed: epoch 0 is exactly the start (image rotation)
@@ -292,7 +297,8 @@ def main() -> None:
             losses = []
             forward = posenet_poses(pose_net, scaling, residual, derotated)
             backward = posenet_poses(pose_net, scaling, residual, time_reversed=True)
-            ours = chordal_mean(forward, backward) if symmetric else forward
+            scored = posenet_poses(pose_net, scaling, residual, derotated, rotation_gain=gain) if gain != 1 else forward
+            ours = chordal_mean(scored, backward) if symmetric else scored
             for b in train_batches if epoch > 0 else []:      # epoch 0: the checkpoint's PoseNet as it is
                 loss = pose_distillation(forward(b), b["refined"], b["depth"], rotation_weight)
                 if both:

@@ -83,3 +83,33 @@ def test_chordal_mean_of_two_turns_is_the_half_turn(bench):
     mean = bench.chordal_mean(lambda b: as_batch(first), lambda b: as_batch(second))({})[0][0].numpy()
     np.testing.assert_allclose(mean[:3, :3], np.eye(3), atol=1e-5)
     np.testing.assert_allclose(mean[:3, 3], [2.0, 2.0, 2.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("gain", [0.0, 0.5, 1.0])
+def test_rotation_gain_scales_the_residual_correction_angle(bench, gain):
+    """``gain<k>``: a residual PoseNet's rotation correction, scaled in angle by k, after the measured rotation; the
+    translation is the correction's own (for the inverted previous pair, turned by the scaled rotation)."""
+    world = world_poses(2)
+    frame = lambda index: torch.full((1, 3, 4, 4), float(index))            # noqa: E731
+    rng = np.random.default_rng(7)
+    measured = [axis_angle_to_matrix(rng.normal(size=3) * 0.1) for _ in range(2)]
+    start = []
+    for r in measured:
+        m = torch.eye(4)
+        m[:3, :3] = torch.tensor(r, dtype=torch.float32)
+        start.append(m[None])
+    batch = {"prev_aug": frame(0), "target_aug": frame(1), "next_aug": frame(2), "depth": torch.ones(1, 1, 4, 4),
+             "start": start}
+    got = bench.posenet_poses(oracle_pose_net(world), "depth_relative", residual=True, rotation_gain=gain)(batch)
+    for i, (pair, inverted) in enumerate([((0, 1), True), ((1, 2), False)]):
+        motion = target_to_source(world, *pair)           # what the oracle outputs for the pair in temporal order
+        correction = np.eye(4)
+        correction[:3, :3] = axis_angle_to_matrix(gain * matrix_to_axis_angle(motion[:3, :3]))
+        correction[:3, 3] = motion[:3, 3]
+        if inverted:
+            correction = np.linalg.inv(correction)
+        expected = correction.copy()
+        expected[:3, :3] = measured[i] @ correction[:3, :3]
+        np.testing.assert_allclose(got[i][0].numpy(), expected, atol=1e-5)
+    if gain == 0.0:                                       # no correction: exactly the measured rotation
+        np.testing.assert_allclose(got[1][0, :3, :3].numpy(), measured[1], atol=1e-6)
