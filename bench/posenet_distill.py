@@ -140,7 +140,10 @@ def posenet_poses(pose_net, scaling: str, residual: bool = False, derotated: boo
     transforms from the same frames: its output for a pair (a, b) is the motion with a as target and b as source,
     so the first is the target -> prev transform as it is and the second must be inverted. ``rotation_gain``: PoseNet's
     rotation (with ``residual``, its correction to the measured rotation) scaled by this angle factor, a shrinkage
-    towards the measured rotation that only scoring uses."""
+    towards the measured rotation that only scoring uses. Neither ``derotated`` nor ``rotation_gain`` is defined for the
+    time-reversed estimate (a derotation turns the sources, which are the targets there)."""
+    if time_reversed and (derotated or rotation_gain != 1):
+        raise ValueError("derotated and rotation_gain apply to the forward estimate only")
     def which(b: dict) -> list[torch.Tensor]:
         pair_prev, pair_next = posenet_pair_inputs(b, derotated)
         if time_reversed:
@@ -208,6 +211,10 @@ def main() -> None:
                         "same frames: each target's sources at other offsets); validation keeps the config's")
     p.add_argument("--set", nargs="*", default=[], help="further config overrides")
     args = p.parse_args()
+    for setting in args.settings:                 # before minutes of refinement, not after
+        flags = setting.split(":")[2:]
+        if "sym" in flags and any(f.startswith("gain") for f in flags):
+            p.error(f"{setting}: gain<k> shrinks the forward estimate only, so it cannot be combined with sym")
     torch.set_num_threads(auto_threads(0))
     overrides = [f"data.bags={json.dumps(args.bags)}", f"data.val_bags={json.dumps(args.val_bags)}",
                  f"model.init={args.init}", "data.flip=false", "data.color_jitter=false", *args.set]
@@ -297,7 +304,7 @@ def main() -> None:
             losses = []
             forward = posenet_poses(pose_net, scaling, residual, derotated)
             backward = posenet_poses(pose_net, scaling, residual, time_reversed=True)
-            scored = posenet_poses(pose_net, scaling, residual, derotated, rotation_gain=gain) if gain != 1 else forward
+            scored = posenet_poses(pose_net, scaling, residual, derotated, rotation_gain=gain)
             ours = chordal_mean(scored, backward) if symmetric else scored
             for b in train_batches if epoch > 0 else []:      # epoch 0: the checkpoint's PoseNet as it is
                 loss = pose_distillation(forward(b), b["refined"], b["depth"], rotation_weight)
