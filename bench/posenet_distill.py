@@ -18,7 +18,7 @@ BatchNorm layers normalise with their running statistics while it trains, as the
 ``rot<w>`` (the distillation's rotation term weighted w, e.g. ``rot10``), ``derot`` (with residual: PoseNet's
 sources turned into the target's orientation by the measured rotation before it sees them), ``both`` (PoseNet also
 trained on the time-reversed pairs, (target, prev) and (next, target), towards the same refined transforms; never derotated),
-``sym`` (PoseNet scored by the chordal mean of its forward and time-reversed estimates of each transform) and
+``sym`` (PoseNet scored by the chordal mean of its forward and time-reversed estimates of each transform),
 ``cos`` (the learning rate decayed to zero over the epochs, cosine) and ``gain<k>`` (scored with PoseNet's rotation
 correction shrunk by k towards the measured rotation, e.g. ``gain0.5``; training unchanged). Prints one row per setting and epoch checkpoints; with
 ``--val-pose-topic /camera/pose`` (validation bags with recorded poses) also the rotation errors against them and
@@ -211,10 +211,12 @@ def main() -> None:
                         "same frames: each target's sources at other offsets); validation keeps the config's")
     p.add_argument("--set", nargs="*", default=[], help="further config overrides")
     args = p.parse_args()
-    for setting in args.settings:                 # before minutes of refinement, not after
-        flags = setting.split(":")[2:]
+    settings = []                                 # parsed and checked before minutes of refinement, not after
+    for setting in args.settings:
+        scaling, factor, *flags = setting.split(":")
         if "sym" in flags and any(f.startswith("gain") for f in flags):
             p.error(f"{setting}: gain<k> shrinks the forward estimate only, so it cannot be combined with sym")
+        settings.append((setting, scaling, factor, flags))
     torch.set_num_threads(auto_threads(0))
     overrides = [f"data.bags={json.dumps(args.bags)}", f"data.val_bags={json.dumps(args.val_bags)}",
                  f"model.init={args.init}", "data.flip=false", "data.color_jitter=false", *args.set]
@@ -231,17 +233,19 @@ def main() -> None:
         data_val = data.val
     val = torch.utils.data.Subset(data_val, spread_indices(len(data.val), args.val_triplets).tolist())
     t0 = time.perf_counter()
+    parallaxes = [cfg.data.target_parallax_px] + [px for px in args.train_parallax
+                                                  if px != cfg.data.target_parallax_px]
     train_sets = [data.train] + [
         build_datasets(dataclasses.replace(cfg.data, target_parallax_px=px), trainer.preset.width,
                        trainer.preset.height, Path(args.cache), cfg.seed, progress=False).train
-        for px in args.train_parallax if px != cfg.data.target_parallax_px]
+        for px in parallaxes[1:]]
     distinct = len({t for d in train_sets for t in d.triplets})
     train_batches = [b for d in train_sets for b in cached_targets(trainer, d, cfg.optim.batch_size)]
     val_batches = cached_targets(trainer, val, cfg.optim.batch_size)
     if args.one_batch:                        # fitting, not generalising: the validation rows score that batch
         train_batches = val_batches = train_batches[:1]
     print(f"refined {sum(len(d) for d in train_sets)} training ({distinct} distinct, target parallax "
-          f"{[cfg.data.target_parallax_px, *args.train_parallax]} px) and {len(val)} validation triplets in "
+          f"{parallaxes} px) and {len(val)} validation triplets in "
           f"{time.perf_counter() - t0:.0f} s")
     refined = photometric(trainer, val_batches, lambda b: b["refined"])
     start = photometric(trainer, val_batches, lambda b: b["start"])
@@ -276,8 +280,7 @@ def main() -> None:
           "val PoseNet translation-direction error (deg) | val PoseNet rotation + refined translation / refined | "
           "val refined rotation + PoseNet translation / refined |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for setting in args.settings:
-        scaling, factor, *flags = setting.split(":")
+    for setting, scaling, factor, flags in settings:
         residual = bool({"residual", "residual0"} & set(flags))
         both = "both" in flags           # trained on the time-reversed pairs as well (same targets)
         symmetric = "sym" in flags       # scored by the mean of the forward and the time-reversed estimates
